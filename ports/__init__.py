@@ -1,0 +1,1 @@
+"""Converters from external checkpoint formats into refusal_jax parameter pytrees."""

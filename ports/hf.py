@@ -1,0 +1,222 @@
+"""Hugging Face checkpoints <-> refusal_jax parameters, without torch.
+
+``load_hf(folder)`` reads ``config.json`` and single or sharded safetensors (F32/F16/BF16) into
+``(ModelConfig, params)``; ``save_hf`` writes a folder transformers can load; the CLI converts
+once into an orbax checkpoint that :func:`refusal_jax.checkpoint.load_model` restores fast::
+
+    python -m ports.hf --hf-dir path/to/gemma-2-2b-it --out converted/gemma-2-2b-it --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from ports.safetensors_io import CheckpointError, load_file, read_header, save_file
+from refusal_jax.config import ModelConfig, config_from_hf
+from refusal_jax.model import param_shapes
+
+# our layer key -> (HF suffix under model.layers.{i}., transpose?)
+_COMMON = {
+    "attn_norm": ("input_layernorm.weight", False),
+    "q": ("self_attn.q_proj.weight", True),
+    "k": ("self_attn.k_proj.weight", True),
+    "v": ("self_attn.v_proj.weight", True),
+    "o": ("self_attn.o_proj.weight", True),
+    "gate": ("mlp.gate_proj.weight", True),
+    "up": ("mlp.up_proj.weight", True),
+    "down": ("mlp.down_proj.weight", True),
+}
+
+
+def layer_key_map(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
+    """Our per-layer parameter names -> (HF name suffix, stored transposed?)."""
+    m = dict(_COMMON)
+    if cfg.sandwich_norms:
+        m["post_attn_norm"] = ("post_attention_layernorm.weight", False)
+        m["mlp_norm"] = ("pre_feedforward_layernorm.weight", False)
+        m["post_mlp_norm"] = ("post_feedforward_layernorm.weight", False)
+    else:
+        m["mlp_norm"] = ("post_attention_layernorm.weight", False)
+    if cfg.qkv_bias:
+        m["q_bias"] = ("self_attn.q_proj.bias", False)
+        m["k_bias"] = ("self_attn.k_proj.bias", False)
+        m["v_bias"] = ("self_attn.v_proj.bias", False)
+    return m
+
+
+def _tensor_index(folder: Path) -> dict[str, Path]:
+    """Tensor name -> file, from model.safetensors or model.safetensors.index.json."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: folder / fname for name, fname in weight_map.items()}
+    single = folder / "model.safetensors"
+    if not single.exists():
+        raise CheckpointError(
+            f"{folder}: no model.safetensors or model.safetensors.index.json found"
+        )
+    header, _ = read_header(single)
+    return {name: single for name in header}
+
+
+class _Reader:
+    def __init__(self, folder: Path):
+        self.index = _tensor_index(folder)
+        self.files: dict[Path, dict] = {}
+        self.used: set[str] = set()
+
+    def get(self, name: str, shape: tuple, transpose: bool, dtype) -> np.ndarray:
+        if name not in self.index:
+            raise CheckpointError(f"missing tensor {name!r} in checkpoint")
+        path = self.index[name]
+        if path not in self.files:
+            if not path.exists():
+                raise CheckpointError(f"shard {path.name} listed for {name!r} does not exist")
+            self.files[path] = load_file(path)
+        arr = self.files[path][name]
+        if transpose:
+            arr = arr.T
+        if tuple(arr.shape) != tuple(shape):
+            stored = tuple(arr.T.shape) if transpose else tuple(arr.shape)
+            want = tuple(reversed(shape)) if transpose else tuple(shape)
+            raise CheckpointError(
+                f"tensor {name!r} has shape {stored}, the config implies {want}"
+            )
+        self.used.add(name)
+        return np.asarray(arr, dtype=dtype)
+
+
+def load_hf_params(folder, cfg: ModelConfig, dtype=jnp.float32) -> dict:
+    """Read the safetensors of an HF folder into our parameter pytree (numpy -> jax)."""
+    folder = Path(folder)
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    shapes = param_shapes(cfg)
+    r = _Reader(folder)
+    params = {
+        "embed": r.get("model.embed_tokens.weight", shapes["embed"], False, np_dtype),
+        "final_norm": r.get("model.norm.weight", shapes["final_norm"], False, np_dtype),
+    }
+    if not cfg.tie_embeddings:
+        params["lm_head"] = r.get("lm_head.weight", shapes["lm_head"], True, np_dtype)
+    layers = {}
+    for key, (suffix, transpose) in layer_key_map(cfg).items():
+        per_layer_shape = shapes["layers"][key][1:]
+        layers[key] = jnp.asarray(np.stack([
+            r.get(f"model.layers.{i}.{suffix}", per_layer_shape, transpose, np_dtype)
+            for i in range(cfg.n_layers)
+        ]))
+    params["layers"] = layers
+    params = {k: (jnp.asarray(v) if k != "layers" else v) for k, v in params.items()}
+    ignorable = ("rotary_emb.inv_freq", "lm_head.weight")
+    unused = [n for n in r.index if n not in r.used and not n.endswith(ignorable)]
+    if unused:
+        raise CheckpointError(
+            f"checkpoint has {len(unused)} tensors the config does not use, e.g. {unused[:3]}"
+        )
+    return params
+
+
+def read_hf_config(folder) -> tuple[ModelConfig, dict]:
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{folder}: no config.json")
+    hf = json.loads(path.read_text())
+    return config_from_hf(hf), hf
+
+
+def load_hf(folder, dtype=jnp.float32) -> tuple[ModelConfig, dict]:
+    """Load an HF folder: returns ``(cfg, params)`` in ``dtype`` (float32 or bfloat16)."""
+    cfg, _ = read_hf_config(folder)
+    return cfg, load_hf_params(folder, cfg, dtype)
+
+
+def to_hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Our pytree -> HF tensor names and layouts (numpy)."""
+    out = {
+        "model.embed_tokens.weight": np.asarray(params["embed"]),
+        "model.norm.weight": np.asarray(params["final_norm"]),
+    }
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = np.asarray(params["lm_head"]).T
+    for key, (suffix, transpose) in layer_key_map(cfg).items():
+        stacked = np.asarray(params["layers"][key])
+        for i in range(cfg.n_layers):
+            out[f"model.layers.{i}.{suffix}"] = stacked[i].T if transpose else stacked[i]
+    return out
+
+
+def hf_config_dict(cfg: ModelConfig) -> dict:
+    """An HF ``config.json`` dict that round-trips through :func:`config_from_hf`."""
+    d = {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "intermediate_size": cfg.d_mlp,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": list(cfg.eos_token_ids) or None,
+        "pad_token_id": cfg.pad_token_id,
+        "torch_dtype": "float32",
+    }
+    if cfg.rope_scaling:
+        d["rope_scaling"] = dict(cfg.rope_scaling)
+    if cfg.family == "gemma2":
+        d.update(
+            model_type="gemma2",
+            architectures=["Gemma2ForCausalLM"],
+            hidden_activation="gelu_pytorch_tanh",
+            attn_logit_softcapping=cfg.attn_softcap,
+            final_logit_softcapping=cfg.final_softcap,
+            query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+            sliding_window=cfg.sliding_window,
+            layer_types=[
+                "sliding_attention" if s else "full_attention" for s in cfg.layer_is_sliding
+            ],
+        )
+    elif cfg.family == "llama":
+        d.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu")
+    else:
+        d.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_act="silu",
+                 use_sliding_window=False)
+    return d
+
+
+def save_hf(params: dict, cfg: ModelConfig, folder) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (float32) that transformers can load."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: np.asarray(v, np.float32) for k, v in to_hf_tensors(params, cfg).items()}
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    tmp = folder / "config.json.tmp"
+    tmp.write_text(json.dumps(hf_config_dict(cfg), indent=2))
+    os.replace(tmp, folder / "config.json")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--hf-dir", required=True, help="HF folder with config.json + safetensors")
+    p.add_argument("--out", required=True, help="output folder for the converted checkpoint")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = p.parse_args(argv)
+    from refusal_jax.checkpoint import save_model
+
+    cfg, params = load_hf(args.hf_dir, dtype=jnp.dtype(args.dtype))
+    save_model(args.out, cfg, params, tokenizer_dir=args.hf_dir)
+    n = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(params))
+    print(f"converted {cfg.family} ({n / 1e6:.1f}M parameters, {args.dtype}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

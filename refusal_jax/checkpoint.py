@@ -1,0 +1,73 @@
+"""Saving and restoring converted models and other pytrees with orbax-checkpoint.
+
+A converted model folder holds ``refusal_jax_config.json`` (the :class:`ModelConfig`), ``params/``
+(an orbax checkpoint) and, when given, the tokenizer files copied from the source folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from refusal_jax.config import ModelConfig
+
+CONFIG_NAME = "refusal_jax_config.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+def save_pytree(path, tree) -> None:
+    """Save a pytree of arrays with orbax (overwrites)."""
+    path = Path(path).absolute()
+    if path.exists():
+        shutil.rmtree(path)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, tree)
+
+
+def load_pytree(path, abstract=None):
+    """Restore a pytree saved by :func:`save_pytree` (optionally onto given shardings/dtypes)."""
+    path = Path(path).absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(path, abstract) if abstract is not None else ckptr.restore(path)
+
+
+def save_model(folder, cfg: ModelConfig, params, tokenizer_dir=None) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_pytree(folder / "params", params)
+    tmp = folder / (CONFIG_NAME + ".tmp")
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+    os.replace(tmp, folder / CONFIG_NAME)
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            src = Path(tokenizer_dir) / name
+            if src.exists():
+                shutil.copy(src, folder / name)
+
+
+def load_model(folder) -> tuple[ModelConfig, dict]:
+    """Load a converted model: an orbax folder from ``ports.hf``, or an HF folder directly."""
+    folder = Path(folder)
+    if (folder / CONFIG_NAME).exists():
+        cfg = ModelConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+        params = load_pytree(folder / "params")
+        return cfg, jax.tree.map(jax.numpy.asarray, params)
+    if (folder / "config.json").exists():
+        from ports.hf import load_hf
+
+        return load_hf(folder)
+    raise FileNotFoundError(f"{folder}: neither a converted model ({CONFIG_NAME}) nor an HF folder")

@@ -1,0 +1,326 @@
+"""Static model configuration: one frozen dataclass drives every supported family.
+
+``ModelConfig`` is hashable, so it is safe as a ``jax.jit`` static argument. Presets for the
+published sizes live in :data:`PRESETS`; :func:`config_from_hf` reads a Hugging Face
+``config.json`` dict and refuses options it cannot honour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+FAMILIES = ("gemma2", "llama", "qwen2")
+
+
+class UnsupportedConfigError(ValueError):
+    """A checkpoint configuration asks for something this implementation does not do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a decoder-only chat model.
+
+    Attributes mirror Hugging Face names where one exists. ``sliding_layers`` holds one bool per
+    layer (True: that layer attends within ``sliding_window`` tokens only).
+    """
+
+    family: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_mlp: int
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # Rope scaling as a sorted tuple of (key, value) pairs so the config stays hashable.
+    rope_scaling: tuple[tuple[str, Any], ...] = ()
+    tie_embeddings: bool = True
+    qkv_bias: bool = False
+    # Gemma-2 specifics.
+    norm_plus_one: bool = False
+    sandwich_norms: bool = False
+    embed_scale: bool = False
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    query_pre_attn_scalar: float | None = None
+    sliding_window: int | None = None
+    sliding_layers: tuple[bool, ...] = ()
+    activation: str = "silu"  # "silu" or "gelu_tanh"
+    max_position_embeddings: int = 8192
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise UnsupportedConfigError(f"unknown model family {self.family!r}; known: {FAMILIES}")
+        if self.n_heads % self.n_kv_heads:
+            raise UnsupportedConfigError(
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
+        if self.activation not in ("silu", "gelu_tanh"):
+            raise UnsupportedConfigError(f"unsupported activation {self.activation!r}")
+        if self.sliding_layers and len(self.sliding_layers) != self.n_layers:
+            raise UnsupportedConfigError(
+                f"sliding_layers has {len(self.sliding_layers)} entries for {self.n_layers} layers"
+            )
+        if any(self.sliding_layers) and not self.sliding_window:
+            raise UnsupportedConfigError("sliding layers given without a sliding_window")
+
+    @property
+    def attn_scale(self) -> float:
+        base = self.query_pre_attn_scalar if self.query_pre_attn_scalar else self.head_dim
+        return base**-0.5
+
+    @property
+    def embed_multiplier(self) -> float:
+        return math.sqrt(self.d_model) if self.embed_scale else 1.0
+
+    @property
+    def layer_is_sliding(self) -> tuple[bool, ...]:
+        return self.sliding_layers or (False,) * self.n_layers
+
+    def replace(self, **kw) -> ModelConfig:
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["rope_scaling"] = dict(self.rope_scaling)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        d["rope_scaling"] = tuple(sorted((d.get("rope_scaling") or {}).items()))
+        d["sliding_layers"] = tuple(d.get("sliding_layers") or ())
+        d["eos_token_ids"] = tuple(d.get("eos_token_ids") or ())
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UnsupportedConfigError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def gemma2_config(
+    *, vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, d_mlp, **kw
+) -> ModelConfig:
+    """A Gemma-2 config with the family's fixed choices (softcaps, sandwich norms, ...)."""
+    defaults = dict(
+        norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_embeddings=True,
+        norm_plus_one=True,
+        sandwich_norms=True,
+        embed_scale=True,
+        attn_softcap=50.0,
+        final_softcap=30.0,
+        query_pre_attn_scalar=head_dim,
+        sliding_window=4096,
+        activation="gelu_tanh",
+        bos_token_id=2,
+        eos_token_ids=(1, 107),
+        pad_token_id=0,
+    )
+    defaults.update(kw)
+    if "sliding_layers" not in kw:
+        defaults["sliding_layers"] = tuple(i % 2 == 0 for i in range(n_layers))
+    return ModelConfig(
+        family="gemma2",
+        vocab_size=vocab_size,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        d_mlp=d_mlp,
+        **defaults,
+    )
+
+
+_LLAMA31_ROPE = (
+    ("factor", 8.0),
+    ("high_freq_factor", 4.0),
+    ("low_freq_factor", 1.0),
+    ("original_max_position_embeddings", 8192),
+    ("rope_type", "llama3"),
+)
+
+PRESETS: dict[str, ModelConfig] = {
+    "gemma2-2b": gemma2_config(
+        vocab_size=256000,
+        d_model=2304,
+        n_layers=26,
+        n_heads=8,
+        n_kv_heads=4,
+        head_dim=256,
+        d_mlp=9216,
+        query_pre_attn_scalar=256,
+    ),
+    "gemma2-9b": gemma2_config(
+        vocab_size=256000,
+        d_model=3584,
+        n_layers=42,
+        n_heads=16,
+        n_kv_heads=8,
+        head_dim=256,
+        d_mlp=14336,
+        query_pre_attn_scalar=256,
+    ),
+    "gemma2-27b": gemma2_config(
+        vocab_size=256000,
+        d_model=4608,
+        n_layers=46,
+        n_heads=32,
+        n_kv_heads=16,
+        head_dim=128,
+        d_mlp=36864,
+        query_pre_attn_scalar=144,
+    ),
+    "llama3.1-8b": ModelConfig(
+        family="llama",
+        vocab_size=128256,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        head_dim=128,
+        d_mlp=14336,
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=_LLAMA31_ROPE,
+        tie_embeddings=False,
+        max_position_embeddings=131072,
+        bos_token_id=128000,
+        eos_token_ids=(128001, 128008, 128009),
+    ),
+    "qwen2.5-1.5b": ModelConfig(
+        family="qwen2",
+        vocab_size=151936,
+        d_model=1536,
+        n_layers=28,
+        n_heads=12,
+        n_kv_heads=2,
+        head_dim=128,
+        d_mlp=8960,
+        norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_embeddings=True,
+        qkv_bias=True,
+        max_position_embeddings=32768,
+        eos_token_ids=(151645, 151643),
+    ),
+}
+
+_HF_TYPES = {"gemma2": "gemma2", "llama": "llama", "qwen2": "qwen2"}
+
+
+def _as_tuple(x) -> tuple[int, ...]:
+    if x is None:
+        return ()
+    if isinstance(x, (list, tuple)):
+        return tuple(int(i) for i in x)
+    return (int(x),)
+
+
+def _rope_from_hf(hf: dict) -> tuple[float, tuple]:
+    """Read rope theta and scaling from either ``rope_scaling`` or ``rope_parameters``."""
+    params = dict(hf.get("rope_parameters") or {})
+    scaling = dict(hf.get("rope_scaling") or {})
+    theta = params.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    merged = {**scaling, **params}
+    if "type" in merged and "rope_type" not in merged:
+        merged["rope_type"] = merged.pop("type")
+    merged.pop("type", None)
+    rope_type = merged.get("rope_type", "default")
+    if rope_type == "default":
+        return float(theta), ()
+    if rope_type not in ("llama3", "linear"):
+        raise UnsupportedConfigError(
+            f"unsupported rope scaling rope_type={rope_type!r} (supported: default, linear, llama3)"
+        )
+    return float(theta), tuple(sorted(merged.items()))
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    """Translate a Hugging Face ``config.json`` dict into a :class:`ModelConfig`.
+
+    Raises :class:`UnsupportedConfigError` naming the field for unknown architectures or options
+    that would otherwise give a silently different model.
+    """
+    model_type = hf.get("model_type")
+    if model_type not in _HF_TYPES:
+        raise UnsupportedConfigError(
+            f"unknown model_type {model_type!r}; supported: {sorted(_HF_TYPES)}"
+        )
+    family = _HF_TYPES[model_type]
+    theta, rope_scaling = _rope_from_hf(hf)
+    d_model = hf["hidden_size"]
+    n_heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or d_model // n_heads
+    n_layers = hf["num_hidden_layers"]
+    common = dict(
+        vocab_size=hf["vocab_size"],
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+        head_dim=head_dim,
+        d_mlp=hf["intermediate_size"],
+        rope_theta=theta,
+        rope_scaling=rope_scaling,
+        max_position_embeddings=hf.get("max_position_embeddings", 8192),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_ids=_as_tuple(hf.get("eos_token_id")),
+        pad_token_id=hf.get("pad_token_id"),
+    )
+    if hf.get("partial_rotary_factor", 1.0) != 1.0:
+        raise UnsupportedConfigError("unsupported partial_rotary_factor != 1.0")
+    if family == "gemma2":
+        act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+        if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+            raise UnsupportedConfigError(f"unsupported Gemma-2 hidden_activation {act!r}")
+        layer_types = hf.get("layer_types")
+        if layer_types is None:
+            sliding = tuple(i % 2 == 0 for i in range(n_layers))
+        else:
+            sliding = tuple(t == "sliding_attention" for t in layer_types)
+        return ModelConfig(
+            family="gemma2",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            norm_plus_one=True,
+            sandwich_norms=True,
+            embed_scale=True,
+            attn_softcap=hf.get("attn_logit_softcapping"),
+            final_softcap=hf.get("final_logit_softcapping"),
+            query_pre_attn_scalar=hf.get("query_pre_attn_scalar") or head_dim,
+            sliding_window=hf.get("sliding_window") if any(sliding) else None,
+            sliding_layers=sliding if any(sliding) else (),
+            activation="gelu_tanh",
+            **common,
+        )
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise UnsupportedConfigError(f"unsupported hidden_act {act!r} for {model_type}")
+    if family == "llama":
+        if hf.get("attention_bias") or hf.get("mlp_bias"):
+            raise UnsupportedConfigError("unsupported llama option attention_bias/mlp_bias=True")
+        return ModelConfig(
+            family="llama",
+            norm_eps=hf.get("rms_norm_eps", 1e-5),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            **common,
+        )
+    if hf.get("use_sliding_window"):
+        raise UnsupportedConfigError("unsupported Qwen2 option use_sliding_window=True")
+    return ModelConfig(
+        family="qwen2",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        qkv_bias=True,
+        **common,
+    )
