@@ -85,9 +85,7 @@ class _Reader:
         if tuple(arr.shape) != tuple(shape):
             stored = tuple(arr.T.shape) if transpose else tuple(arr.shape)
             want = tuple(reversed(shape)) if transpose else tuple(shape)
-            raise CheckpointError(
-                f"tensor {name!r} has shape {stored}, the config implies {want}"
-            )
+            raise CheckpointError(f"tensor {name!r} has shape {stored}, the config implies {want}")
         self.used.add(name)
         return np.asarray(arr, dtype=dtype)
 
@@ -107,10 +105,14 @@ def load_hf_params(folder, cfg: ModelConfig, dtype=jnp.float32) -> dict:
     layers = {}
     for key, (suffix, transpose) in layer_key_map(cfg).items():
         per_layer_shape = shapes["layers"][key][1:]
-        layers[key] = jnp.asarray(np.stack([
-            r.get(f"model.layers.{i}.{suffix}", per_layer_shape, transpose, np_dtype)
-            for i in range(cfg.n_layers)
-        ]))
+        layers[key] = jnp.asarray(
+            np.stack(
+                [
+                    r.get(f"model.layers.{i}.{suffix}", per_layer_shape, transpose, np_dtype)
+                    for i in range(cfg.n_layers)
+                ]
+            )
+        )
     params["layers"] = layers
     params = {k: (jnp.asarray(v) if k != "layers" else v) for k, v in params.items()}
     ignorable = ("rotary_emb.inv_freq", "lm_head.weight")
@@ -188,8 +190,12 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
     elif cfg.family == "llama":
         d.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu")
     else:
-        d.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_act="silu",
-                 use_sliding_window=False)
+        d.update(
+            model_type="qwen2",
+            architectures=["Qwen2ForCausalLM"],
+            hidden_act="silu",
+            use_sliding_window=False,
+        )
     return d
 
 

@@ -60,8 +60,12 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: floa
     """Random parameters (normal(0, scale) weights; norms at identity)."""
     shapes = param_shapes(cfg)
     leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
-        shapes, is_leaf=lambda s: isinstance(s, tuple))[0]]
+    paths = [
+        jax.tree_util.keystr(p)
+        for p, _ in jax.tree_util.tree_flatten_with_path(
+            shapes, is_leaf=lambda s: isinstance(s, tuple)
+        )[0]
+    ]
     keys = jax.random.split(key, len(leaves))
     out = []
     for path, shape, k in zip(paths, leaves, keys):
@@ -163,7 +167,9 @@ def _qkv(cfg, lp, h, cos, sin):
 
 def _mlp(cfg, lp, h):
     gate = h @ lp["gate"]
-    act = jax.nn.gelu(gate, approximate=True) if cfg.activation == "gelu_tanh" else jax.nn.silu(gate)
+    act = (
+        jax.nn.gelu(gate, approximate=True) if cfg.activation == "gelu_tanh" else jax.nn.silu(gate)
+    )
     return (act * (h @ lp["up"])) @ lp["down"]
 
 
@@ -293,8 +299,9 @@ def _decode_step(params, cfg, token, pos, cache, key_valid, key_pos, slot_idx, p
     q_slot = jnp.full((B, 1), slot_idx, jnp.int32)
     k_slot = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
     full, sliding = _attention_bias(cfg, pos[:, None], q_slot, key_pos, k_slot, key_valid)
-    ctx = PatchContext(positions=pos[:, None], token_mask=jnp.ones((B, 1), bool),
-                       is_prompt=jnp.bool_(False))
+    ctx = PatchContext(
+        positions=pos[:, None], token_mask=jnp.ones((B, 1), bool), is_prompt=jnp.bool_(False)
+    )
 
     def attend_for_layer(is_sliding, layer_cache):
         ck, cv = layer_cache
@@ -319,10 +326,18 @@ def _decode_step(params, cfg, token, pos, cache, key_valid, key_pos, slot_idx, p
 @functools.partial(
     jax.jit, static_argnames=("cfg", "max_new_tokens", "patch_prompt_only", "eos_token_ids")
 )
-def _generate(params, cfg, input_ids, attention_mask, patch, max_new_tokens, patch_prompt_only,
-              eos_token_ids, pad_token_id):
+def _generate(
+    params,
+    cfg,
+    input_ids,
+    attention_mask,
+    patch,
+    max_new_tokens,
+    patch_prompt_only,
+    eos_token_ids,
+    pad_token_id,
+):
     B, T = input_ids.shape
-    S = T + max_new_tokens
     out = forward_fn(params, cfg, input_ids, attention_mask, patch, return_kv=True)
     k, v = out.kv
     pad = [(0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0)]
@@ -350,8 +365,9 @@ def _generate(params, cfg, input_ids, attention_mask, patch, max_new_tokens, pat
         prev = tokens[:, i - 1]
         key_valid = key_valid.at[:, slot].set(True)
         key_pos = key_pos.at[:, slot].set(pos)
-        logits, cache = _decode_step(params, cfg, prev, pos, cache, key_valid, key_pos, slot,
-                                     step_patch)
+        logits, cache = _decode_step(
+            params, cfg, prev, pos, cache, key_valid, key_pos, slot, step_patch
+        )
         nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         nxt = jnp.where(done, pad_token_id, nxt)
         tokens = tokens.at[:, i].set(nxt)
@@ -402,5 +418,14 @@ def generate(
     eos = tuple(cfg.eos_token_ids if eos_token_ids is None else eos_token_ids)
     pad = cfg.pad_token_id if pad_token_id is None else pad_token_id
     pad = 0 if pad is None else pad
-    return _generate(params, cfg, input_ids, attention_mask, patch or Identity(), max_new_tokens,
-                     patch_prompt_only, eos, jnp.int32(pad))
+    return _generate(
+        params,
+        cfg,
+        input_ids,
+        attention_mask,
+        patch or Identity(),
+        max_new_tokens,
+        patch_prompt_only,
+        eos,
+        jnp.int32(pad),
+    )

@@ -1,0 +1,85 @@
+"""Tiny random Hugging Face models (built offline) shared by the parity tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+VOCAB = 97
+NORM_STD = 0.1
+# (embedding std, weight gain, bias std) per family, chosen so greedy continuations vary.
+INIT = {
+    "gemma2": (0.05, 1.0, 0.1),
+    "llama3": (0.05, 1.0, 0.1),
+    "llama_tied": (1.0, 2.0, 0.1),
+    "qwen2": (0.05, 2.0, 0.1),
+}
+
+
+def hf_config(kind: str):
+    from transformers import Gemma2Config, LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation="eager",
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+        max_position_embeddings=256,
+    )
+    if kind == "gemma2":
+        # sliding_window 5 < the 12-token prompts: the window actually bites.
+        return Gemma2Config(head_dim=16, sliding_window=5, query_pre_attn_scalar=16, **common)
+    if kind == "llama3":
+        rope = {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        }
+        return LlamaConfig(
+            rope_scaling=rope, rope_theta=500000.0, tie_word_embeddings=False, **common
+        )
+    if kind == "llama_tied":  # SmolLM2-style: tied embeddings, full multi-head attention
+        common["num_key_value_heads"] = 4
+        return LlamaConfig(tie_word_embeddings=True, **common)
+    if kind == "qwen2":
+        return Qwen2Config(tie_word_embeddings=True, **common)
+    raise KeyError(kind)
+
+
+def make_hf_model(kind: str, seed: int = 0):
+    """A random float32 HF causal LM whose greedy continuations are not degenerate."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(kind)).eval()
+    embed_std, gain, bias_std = INIT[kind]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, NORM_STD)
+            elif "bias" in name:
+                p.normal_(0, bias_std)
+            elif "embed" in name:
+                p.normal_(0, embed_std)
+                p[0] = 0.0  # the pad token's row, as in real checkpoints
+            else:
+                p.normal_(0, gain * 4 / np.sqrt(p.shape[-1]))
+    return model
+
+
+def left_padded_batch(seed: int = 0, batch: int = 3, length: int = 12, pads=(0, 4, 7)):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, VOCAB, size=(batch, length))
+    mask = np.ones_like(ids)
+    for row, n in enumerate(pads[:batch]):
+        ids[row, :n] = 0
+        mask[row, :n] = 0
+    return ids, mask
