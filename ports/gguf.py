@@ -1,0 +1,337 @@
+"""GGUF files (llama.cpp) -> refusal_jax parameters, for the Llama family and Qwen2, without torch.
+
+``load_gguf(path)`` reads the metadata into a :class:`ModelConfig`, dequantizes every tensor with
+the ``gguf`` package (F32/F16/BF16 and the Q* block formats) and lays it out as
+:func:`ports.hf.load_hf` would. Two things differ from a Hugging Face checkpoint:
+
+* llama.cpp's converter permutes the rows of ``attn_q``/``attn_k`` (weights and biases) of
+  ``llama`` models so that its rope can rotate adjacent pairs; we undo it. ``qwen2`` files are
+  written unpermuted (llama.cpp runs them with NEOX-style rope, the same rotate-half as ours).
+* Llama-3.1-style rope scaling is stored as a ``rope_freqs`` tensor of per-frequency divisors;
+  we accept it when it matches the ``llama3`` rule and refuse it otherwise.
+
+The CLI converts once into an orbax checkpoint (plus the tokenizer, when transformers can build
+one from the file)::
+
+    python -m ports.gguf --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out converted/smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ports.hf import layer_key_map
+from ports.safetensors_io import CheckpointError
+from refusal_jax.config import ModelConfig, UnsupportedConfigError
+from refusal_jax.model import param_shapes, rope_inv_freq
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+
+# HF tensor suffix (as in ports.hf.layer_key_map) -> GGUF suffix under "blk.{i}.". GGUF arrays
+# come out of the reader as [out, in] like HF's, so the transpose flags carry over unchanged.
+_GGUF_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_ROPE_FREQS = "rope_freqs.weight"
+_MISSING = object()
+
+
+def _reader(path):
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GGUF file at {path}")
+    try:
+        return GGUFReader(path)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a readable GGUF file: {e}") from e
+
+
+def _field(reader, key: str, default=_MISSING) -> Any:
+    """One metadata value (scalars as Python numbers, strings as str, arrays as lists)."""
+    field = reader.fields.get(key)
+    if field is None:
+        if default is _MISSING:
+            raise CheckpointError(f"GGUF metadata has no {key!r}")
+        return default
+    return field.contents()
+
+
+def _float32(value) -> float:
+    """GGUF stores floats as float32: keep the shortest decimal that rounds to it (1e-05)."""
+    return float(str(np.float32(value)))
+
+
+def _scalar_int(reader, key: str, default=_MISSING) -> int | None:
+    value = _field(reader, key, default)
+    if isinstance(value, list):
+        if len(set(value)) != 1:
+            raise UnsupportedConfigError(f"GGUF {key!r} varies per layer ({value}); unsupported")
+        value = value[0]
+    return None if value is None else int(value)
+
+
+def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's rope permutation of q/k rows (weights [rows, in] or biases [rows]).
+
+    The converter turns each head's rotate-half layout (first half, second half) into interleaved
+    pairs: rows are viewed as [heads, 2, Dh/2] and stored as [heads, Dh/2, 2].
+    """
+    rows = w.shape[0]
+    if rows % (2 * n_heads):
+        raise CheckpointError(f"cannot un-permute {rows} rows into {n_heads} heads of even size")
+    tail = w.shape[1:]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *tail).swapaxes(1, 2).reshape(w.shape)
+
+
+def permute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's permutation (the inverse of :func:`unpermute_rows`); for writing test files."""
+    rows = w.shape[0]
+    tail = w.shape[1:]
+    return w.reshape(n_heads, 2, rows // n_heads // 2, *tail).swapaxes(1, 2).reshape(w.shape)
+
+
+def _rope_scaling(reader, arch: str, theta: float, head_dim: int, rope_freqs) -> tuple:
+    """Rope scaling as in ModelConfig, from metadata or llama.cpp's ``rope_freqs`` tensor."""
+    kind = _field(reader, f"{arch}.rope.scaling.type", "none")
+    if kind not in ("none", "linear"):
+        raise UnsupportedConfigError(f"unsupported GGUF rope scaling type {kind!r} (none, linear)")
+    scaling: tuple = ()
+    if kind == "linear":
+        factor = float(_field(reader, f"{arch}.rope.scaling.factor"))
+        scaling = (("factor", factor), ("rope_type", "linear"))
+    if rope_freqs is None:
+        return scaling
+    if scaling:
+        raise UnsupportedConfigError("GGUF has both linear rope scaling and a rope_freqs tensor")
+    divisors = np.asarray(rope_freqs, np.float64).reshape(-1)
+    if divisors.shape != (head_dim // 2,):
+        raise CheckpointError(
+            f"tensor {_ROPE_FREQS!r} has shape {divisors.shape}, expected ({head_dim // 2},)"
+        )
+    if np.allclose(divisors, 1.0):
+        return ()
+    # llama.cpp divides each rotary frequency by its entry; that is what Llama-3.1's rule yields.
+    old_ctx = _field(reader, f"{arch}.rope.scaling.original_context_length", 8192)
+    candidate = (
+        ("factor", float(divisors.max())),
+        ("high_freq_factor", 4.0),
+        ("low_freq_factor", 1.0),
+        ("original_max_position_embeddings", int(old_ctx)),
+        ("rope_type", "llama3"),
+    )
+    probe = ModelConfig(
+        family="llama",
+        vocab_size=1,
+        d_model=head_dim,
+        n_layers=1,
+        n_heads=1,
+        n_kv_heads=1,
+        head_dim=head_dim,
+        d_mlp=1,
+        rope_theta=theta,
+        rope_scaling=candidate,
+    )
+    base = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if not np.allclose(rope_inv_freq(probe), base / divisors, rtol=1e-4, atol=0):
+        raise UnsupportedConfigError(
+            f"GGUF {_ROPE_FREQS!r} does not match llama3 rope scaling with {dict(candidate)}"
+        )
+    return candidate
+
+
+def config_from_gguf(reader) -> ModelConfig:
+    """A :class:`ModelConfig` from a ``gguf.GGUFReader``'s metadata and tensor list."""
+    arch = _field(reader, "general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedConfigError(
+            f"GGUF architecture {arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}"
+        )
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise CheckpointError("GGUF file has no tensor 'token_embd.weight'")
+    key = lambda name, default=_MISSING: _scalar_int(reader, f"{arch}.{name}", default)  # noqa: E731
+    d_model = key("embedding_length")
+    n_heads = key("attention.head_count")
+    n_kv_heads = key("attention.head_count_kv", n_heads)
+    head_dim = key("attention.key_length", d_model // n_heads)
+    if key("attention.value_length", head_dim) != head_dim:
+        raise UnsupportedConfigError("GGUF attention.value_length != key_length is unsupported")
+    rope_dim = key("rope.dimension_count", head_dim)
+    if rope_dim != head_dim:
+        raise UnsupportedConfigError(
+            f"partial rotary embeddings (rope.dimension_count {rope_dim} != head_dim {head_dim})"
+        )
+    theta = _float32(_field(reader, f"{arch}.rope.freq_base", 10000.0))
+    rope_freqs = None
+    if _ROPE_FREQS in tensors:
+        from gguf.quants import dequantize
+
+        t = tensors[_ROPE_FREQS]
+        rope_freqs = dequantize(t.data, t.tensor_type)
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = key("vocab_size", len(tokens.data) if tokens is not None else None)
+    if vocab is None:
+        vocab = int(tensors["token_embd.weight"].shape[-1])
+    eos = []
+    for name in ("eos_token_id", "eot_token_id", "eom_token_id"):
+        value = _scalar_int(reader, f"tokenizer.ggml.{name}", None)
+        if value is not None and value not in eos:
+            eos.append(value)
+    has_bias = "blk.0.attn_q.bias" in tensors
+    if arch == "qwen2" and not has_bias:
+        raise CheckpointError("qwen2 GGUF file has no q/k/v biases (missing 'blk.0.attn_q.bias')")
+    default_eps = 1e-6 if arch == "qwen2" else 1e-5
+    return ModelConfig(
+        family=arch,
+        vocab_size=vocab,
+        d_model=d_model,
+        n_layers=key("block_count"),
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        d_mlp=key("feed_forward_length"),
+        norm_eps=_float32(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", default_eps)),
+        rope_theta=theta,
+        rope_scaling=_rope_scaling(reader, arch, theta, head_dim, rope_freqs),
+        tie_embeddings="output.weight" not in tensors,
+        qkv_bias=has_bias,
+        max_position_embeddings=key("context_length", 8192),
+        bos_token_id=_scalar_int(reader, "tokenizer.ggml.bos_token_id", None),
+        eos_token_ids=tuple(eos),
+        pad_token_id=_scalar_int(reader, "tokenizer.ggml.padding_token_id", None),
+    )
+
+
+class _Tensors:
+    """Dequantizes GGUF tensors on request, checks shapes and records which were used."""
+
+    def __init__(self, reader):
+        self.by_name = {t.name: t for t in reader.tensors}
+        self.used: set[str] = set()
+
+    def get(self, name: str, shape: tuple, transpose: bool, dtype, unpermute_heads=None):
+        from gguf.quants import dequantize
+
+        if name not in self.by_name:
+            raise CheckpointError(f"missing tensor {name!r} in GGUF file")
+        t = self.by_name[name]
+        try:
+            arr = dequantize(t.data, t.tensor_type)
+        except NotImplementedError as e:
+            raise CheckpointError(f"tensor {name!r}: {e}") from e
+        want = tuple(reversed(shape)) if transpose else tuple(shape)
+        if tuple(arr.shape) != want:
+            raise CheckpointError(
+                f"tensor {name!r} has shape {tuple(arr.shape)} ([out, in] order; GGUF dims "
+                f"{tuple(int(d) for d in t.shape)}), the config implies {want}"
+            )
+        if unpermute_heads:
+            arr = unpermute_rows(arr, unpermute_heads)
+        if transpose:
+            arr = arr.T
+        self.used.add(name)
+        return np.asarray(arr, dtype=dtype)
+
+
+def load_gguf_params(reader, cfg: ModelConfig, dtype=jnp.float32) -> dict:
+    """Dequantize a GGUF file's tensors into our parameter pytree."""
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    shapes = param_shapes(cfg)
+    r = _Tensors(reader)
+    params = {
+        "embed": r.get("token_embd.weight", shapes["embed"], False, np_dtype),
+        "final_norm": r.get("output_norm.weight", shapes["final_norm"], False, np_dtype),
+    }
+    if not cfg.tie_embeddings:
+        params["lm_head"] = r.get("output.weight", shapes["lm_head"], True, np_dtype)
+    permuted = cfg.family == "llama"
+    heads = {"q": cfg.n_heads, "q_bias": cfg.n_heads, "k": cfg.n_kv_heads, "k_bias": cfg.n_kv_heads}
+    layers = {}
+    for key, (suffix, transpose) in layer_key_map(cfg).items():
+        if suffix not in _GGUF_LAYER_NAMES:
+            raise UnsupportedConfigError(f"no GGUF tensor name known for {suffix!r}")
+        gguf_suffix = _GGUF_LAYER_NAMES[suffix]
+        per_layer = shapes["layers"][key][1:]
+        n = heads.get(key) if permuted else None
+        layers[key] = jnp.asarray(
+            np.stack(
+                [
+                    r.get(f"blk.{i}.{gguf_suffix}", per_layer, transpose, np_dtype, n)
+                    for i in range(cfg.n_layers)
+                ]
+            )
+        )
+    params = {k: jnp.asarray(v) for k, v in params.items()}
+    params["layers"] = layers
+    unused = [n for n in r.by_name if n not in r.used and n != _ROPE_FREQS]
+    if unused:
+        raise CheckpointError(
+            f"GGUF file has {len(unused)} tensors the config does not use, e.g. {unused[:3]}"
+        )
+    return params
+
+
+def load_gguf(path, dtype=jnp.float32) -> tuple[ModelConfig, dict]:
+    """Load a GGUF file: returns ``(cfg, params)`` in ``dtype`` (float32 or bfloat16)."""
+    reader = _reader(path)
+    cfg = config_from_gguf(reader)
+    return cfg, load_gguf_params(reader, cfg, dtype)
+
+
+def save_tokenizer(path, out) -> str | None:
+    """Save the tokenizer transformers builds from the GGUF metadata into ``out``.
+
+    Returns None on success, or the reason it could not be built.
+    """
+    path = Path(path)
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tok.save_pretrained(str(out))
+    except Exception as e:  # transformers raises many types here; report, don't crash.
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--gguf", required=True, help="a llama/qwen2 .gguf file")
+    p.add_argument("--out", required=True, help="output folder for the converted checkpoint")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = p.parse_args(argv)
+    from refusal_jax.checkpoint import save_model
+
+    cfg, params = load_gguf(args.gguf, dtype=jnp.dtype(args.dtype))
+    save_model(args.out, cfg, params)
+    n = sum(int(math.prod(x.shape)) for x in jax.tree.leaves(params))
+    print(f"converted {cfg.family} ({n / 1e6:.1f}M parameters, {args.dtype}) -> {args.out}")
+    problem = save_tokenizer(args.gguf, args.out)
+    if problem is None:
+        print(f"tokenizer built by transformers from the GGUF metadata saved to {args.out}")
+    else:
+        print(f"no tokenizer saved: transformers could not build one from {args.gguf} ({problem})")
+
+
+if __name__ == "__main__":
+    main()
