@@ -209,23 +209,26 @@ def unembed(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- forward
 class ForwardOutput(NamedTuple):
     """logits [B,T,V] float32; resid_pre/resid_post [L,B,T,D] when requested (else None);
+    block_out [L,B,T,D]: each layer's output *before* the patch (with ``return_residuals``);
     kv: per-layer keys and values ([L,B,T,Hkv,Dh] each) when requested."""
 
     logits: jax.Array
-    resid_pre: jax.Array | None
-    resid_post: jax.Array | None
-    kv: tuple | None
+    resid_pre: jax.Array | None = None
+    resid_post: jax.Array | None = None
+    kv: tuple | None = None
+    block_out: jax.Array | None = None
 
 
-def _run_layers(params, cfg, x, cos, sin, patch, ctx, attend_for_layer, layer_xs):
+def _run_layers(params, cfg, x, cos, sin, patch, ctx, attend_for_layer, layer_xs,
+                with_unpatched=False):
     """Scan the stacked layers; returns final residual, stacked resid_post, stacked (k, v)."""
     sliding = jnp.asarray(cfg.layer_is_sliding)
 
     def step(h, xs):
         lp, idx, is_sliding, extra = xs
-        h, kv = _block(cfg, lp, h, cos, sin, attend_for_layer(is_sliding, extra))
-        h = patch(h, idx, ctx)
-        return h, (h, kv)
+        unpatched, kv = _block(cfg, lp, h, cos, sin, attend_for_layer(is_sliding, extra))
+        h = patch(unpatched, idx, ctx)
+        return h, (h, unpatched, kv) if with_unpatched else (h, kv)
 
     xs = (params["layers"], jnp.arange(cfg.n_layers, dtype=jnp.int32), sliding, layer_xs)
     return jax.lax.scan(step, x, xs)
@@ -263,13 +266,14 @@ def forward_fn(
         m = jnp.where(is_sliding, sliding, full)
         return lambda q, k, v: _attend(cfg, q, k, v, m)
 
-    h, (posts, kv) = _run_layers(params, cfg, x, cos, sin, patch, ctx, attend_for_layer, None)
+    h, ys = _run_layers(params, cfg, x, cos, sin, patch, ctx, attend_for_layer, None,
+                        with_unpatched=return_residuals)
     logits = unembed(params, cfg, h)
-    pre = post = None
-    if return_residuals:
-        post = posts
-        pre = jnp.concatenate([x[None], posts[:-1]], axis=0)
-    return ForwardOutput(logits, pre, post, kv if return_kv else None)
+    if not return_residuals:
+        return ForwardOutput(logits, kv=ys[1] if return_kv else None)
+    posts, unpatched, kv = ys
+    pre = jnp.concatenate([x[None], posts[:-1]], axis=0)
+    return ForwardOutput(logits, pre, posts, kv if return_kv else None, unpatched)
 
 
 forward = jax.jit(forward_fn, static_argnames=("cfg", "return_residuals", "return_kv"))
