@@ -199,7 +199,7 @@ def test_clamping_to_current_values_is_identity_and_retain_holds(params, saes):
 
 def test_prompt_only_clamp_in_generation(params, saes):
     ids, mask = _batch()
-    fs = feature_set([(l, f) for l in range(3) for f in range(0, 96, 5)], CFG.n_layers, D_SAE)
+    fs = feature_set([(la, f) for la in range(3) for f in range(0, 96, 5)], CFG.n_layers, D_SAE)
     clamp = clamp_features(saes, fs, -3.0)
     a = generate(params, CFG, ids, mask, max_new_tokens=6, patch=clamp, patch_prompt_only=True)
     b = generate(params, CFG, ids, mask, max_new_tokens=6, patch=PromptOnly(clamp))
