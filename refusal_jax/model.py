@@ -219,8 +219,9 @@ class ForwardOutput(NamedTuple):
     block_out: jax.Array | None = None
 
 
-def _run_layers(params, cfg, x, cos, sin, patch, ctx, attend_for_layer, layer_xs,
-                with_unpatched=False):
+def _run_layers(
+    params, cfg, x, cos, sin, patch, ctx, attend_for_layer, layer_xs, with_unpatched=False
+):
     """Scan the stacked layers; returns final residual, stacked resid_post, stacked (k, v)."""
     sliding = jnp.asarray(cfg.layer_is_sliding)
 
@@ -266,8 +267,18 @@ def forward_fn(
         m = jnp.where(is_sliding, sliding, full)
         return lambda q, k, v: _attend(cfg, q, k, v, m)
 
-    h, ys = _run_layers(params, cfg, x, cos, sin, patch, ctx, attend_for_layer, None,
-                        with_unpatched=return_residuals)
+    h, ys = _run_layers(
+        params,
+        cfg,
+        x,
+        cos,
+        sin,
+        patch,
+        ctx,
+        attend_for_layer,
+        None,
+        with_unpatched=return_residuals,
+    )
     logits = unembed(params, cfg, h)
     if not return_residuals:
         return ForwardOutput(logits, kv=ys[1] if return_kv else None)
