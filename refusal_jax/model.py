@@ -244,6 +244,7 @@ def forward_fn(
     *,
     return_residuals: bool = False,
     return_kv: bool = False,
+    last_logits_only: bool = False,
 ) -> ForwardOutput:
     """Un-jitted forward pass (use :func:`forward`, or call this inside your own jit/grad).
 
@@ -279,7 +280,7 @@ def forward_fn(
         None,
         with_unpatched=return_residuals,
     )
-    logits = unembed(params, cfg, h)
+    logits = unembed(params, cfg, h[:, -1:] if last_logits_only else h)
     if not return_residuals:
         return ForwardOutput(logits, kv=ys[1] if return_kv else None)
     posts, unpatched, kv = ys
@@ -287,7 +288,9 @@ def forward_fn(
     return ForwardOutput(logits, pre, posts, kv if return_kv else None, unpatched)
 
 
-forward = jax.jit(forward_fn, static_argnames=("cfg", "return_residuals", "return_kv"))
+forward = jax.jit(
+    forward_fn, static_argnames=("cfg", "return_residuals", "return_kv", "last_logits_only")
+)
 forward.__doc__ = "Jitted :func:`forward_fn`. " + (forward_fn.__doc__ or "")
 
 
@@ -353,7 +356,9 @@ def _generate(
     pad_token_id,
 ):
     B, T = input_ids.shape
-    out = forward_fn(params, cfg, input_ids, attention_mask, patch, return_kv=True)
+    out = forward_fn(
+        params, cfg, input_ids, attention_mask, patch, return_kv=True, last_logits_only=True
+    )
     k, v = out.kv
     pad = [(0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0)]
     cache = (jnp.pad(k, pad), jnp.pad(v, pad))
