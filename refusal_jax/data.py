@@ -1,0 +1,66 @@
+"""Prompt datasets: the refusal_direction layout, read strictly.
+
+Layout (``--data-dir`` or ``$REFUSAL_JAX_DATA``)::
+
+    splits/{harmful,harmless}_{train,val,test}.json   [{"instruction": str, "category": str|null}]
+    processed/{advbench,harmbench_test,jailbreakbench,...}.json   same records
+
+Malformed files raise :class:`DatasetError` naming the file and the first bad record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+ENV_VAR = "REFUSAL_JAX_DATA"
+EVAL_SETS = ("harmbench_test", "jailbreakbench", "advbench")
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, empty or malformed."""
+
+
+def data_dir(path=None) -> Path:
+    """The data folder: ``path``, else ``$REFUSAL_JAX_DATA``; errors name both when absent."""
+    p = path or os.environ.get(ENV_VAR)
+    if not p:
+        raise DatasetError(f"no data folder: pass --data-dir or set ${ENV_VAR}")
+    p = Path(p)
+    if not p.is_dir():
+        raise DatasetError(f"data folder {p} does not exist")
+    return p
+
+
+def read_instructions(path, *, with_category: bool = False):
+    """Read a JSON list of {"instruction", "category"} records."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such dataset file")
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(records, list) or not records:
+        raise DatasetError(f"{path}: expected a non-empty JSON list of records")
+    out = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or not isinstance(rec.get("instruction"), str):
+            raise DatasetError(f"{path}: record {i} has no string 'instruction': {rec!r:.100}")
+        if not rec["instruction"].strip():
+            raise DatasetError(f"{path}: record {i} has an empty instruction")
+        out.append(
+            (rec["instruction"], rec.get("category")) if with_category else rec["instruction"]
+        )
+    return out
+
+
+def split(folder, name: str, n: int | None = None) -> list[str]:
+    """``splits/{name}.json`` (e.g. harmful_train), the first ``n`` records."""
+    return read_instructions(data_dir(folder) / "splits" / f"{name}.json")[:n]
+
+
+def eval_set(folder, name: str, n: int | None = 100) -> list[str]:
+    """``processed/{name}.json`` (the paper evaluates the first 100)."""
+    return read_instructions(data_dir(folder) / "processed" / f"{name}.json")[:n]
