@@ -297,7 +297,8 @@ def stack_sae_set(saes: Mapping[int, SAE], n_layers: int) -> tuple[SAE, jax.Arra
 class SpliceSAE:
     """Patch replacing resid_post by the SAE reconstruction (error term removed).
 
-    sae: stacked SAE [L, ...] (one per model layer; see :func:`stack_sae_set`).
+    sae: stacked SAE [L, ...] (one per model layer; see :func:`stack_sae_set`), or one unstacked
+      SAE used at every layer in the mask (cheap for a single-layer splice).
     layer_mask: [L] bool, the layers that are spliced; other layers pass through (the
       reconstruction is only computed where the mask is set).
     """
@@ -306,7 +307,7 @@ class SpliceSAE:
     layer_mask: jax.Array
 
     def __call__(self, x, layer, ctx):
-        sae_l = sae_layer(self.sae, layer)
+        sae_l = self.sae if self.sae.W_enc.ndim == 2 else sae_layer(self.sae, layer)
         return jax.lax.cond(
             self.layer_mask[layer],
             lambda v: reconstruct(sae_l, v).astype(v.dtype),
@@ -328,9 +329,16 @@ class ZeroAblate:
 def splice_patch(saes, n_layers: int, layers=None) -> SpliceSAE:
     """A :class:`SpliceSAE` from a ``{layer: SAE}`` set or a stacked SAE [n_layers, ...].
 
+    A single-layer set stays unstacked (no zero placeholders for the other layers).
+
     ``layers`` restricts the splice to a subset (default: every layer that has an SAE).
     """
-    if isinstance(saes, SAE):
+    if isinstance(saes, Mapping) and len(saes) == 1:
+        ((layer, stacked),) = saes.items()  # one layer: keep it unstacked
+        if not 0 <= int(layer) < n_layers:
+            raise ValueError(f"SAE at layer {layer} out of range for {n_layers} layers")
+        mask = jnp.zeros((n_layers,), bool).at[int(layer)].set(True)
+    elif isinstance(saes, SAE):
         if saes.W_enc.ndim != 3 or saes.W_enc.shape[0] != n_layers:
             raise ValueError(f"stacked SAE must have a leading axis of {n_layers} layers")
         stacked, mask = saes, jnp.ones((n_layers,), bool)

@@ -235,3 +235,13 @@ def test_config_is_static_and_hashable():
     sae = random_sae("topk", k=2)
     leaves = jax.tree.leaves(sae)
     assert len(leaves) == 5  # cfg is not a leaf
+
+
+def test_single_layer_splice_stays_unstacked():
+    sae = random_sae("relu", seed=2)
+    patch = sae_lib.splice_patch({2: sae}, 3)
+    assert patch.sae.W_enc.shape == (D_IN, D_SAE)
+    assert patch.layer_mask.tolist() == [False, False, True]
+    x = jnp.asarray(np.random.default_rng(0).normal(0, 1, (1, 2, D_IN)), jnp.float32)
+    np.testing.assert_allclose(patch(x, jnp.int32(2), None), sae_lib.reconstruct(sae, x), atol=1e-6)
+    np.testing.assert_array_equal(patch(x, jnp.int32(1), None), x)
