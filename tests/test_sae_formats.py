@@ -322,3 +322,27 @@ def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="GemmaScope tree"):
         (tmp_path / "tree" / "layer_0" / "width_16k").mkdir(parents=True)
         sae_io.load_sae_set(tmp_path / "tree")
+
+
+def _cli(argv):
+    import argparse
+
+    from refusal_jax.sae_cli import add_sae_commands
+
+    p = argparse.ArgumentParser()
+    add_sae_commands(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_convert_llamascope_to_saelens_and_gemmascope(tmp_path):
+    src = tmp_path / "Llama3_1-8B-Base-L3R-8x"
+    write_llamascope(src)
+    assert _cli(["convert-sae", str(src), str(tmp_path / "sl"), "--expected-d-in", str(D)]) == 0
+    assert (
+        _cli(["convert-sae", str(tmp_path / "sl"), str(tmp_path / "gs"), "--to", "gemmascope"]) == 0
+    )
+    a, b = sae_io.load_sae(src), sae_io.load_sae(tmp_path / "gs")
+    np.testing.assert_allclose(sae_lib.reconstruct(b, X), sae_lib.reconstruct(a, X), atol=1e-5)
+    with pytest.raises(SystemExit):
+        _cli(["convert-sae", str(tmp_path / "sl"), str(tmp_path / "x"), "--saelens-5-5-2"])

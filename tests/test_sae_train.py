@@ -172,3 +172,44 @@ def test_model_source_multilayer_vmapped_and_ce_recovered():
     zero = sae_lib.zeros(res.saes[0].cfg)
     ce0 = sae_train.ce_loss_recovered(params, TINY, zero, 0, ids, mask)
     assert abs(ce0["recovered"]) < 1e-5
+
+
+def test_cli_train_sae_on_activations(tmp_path):
+    import argparse
+    import json
+
+    from ports import sae as sae_io
+    from refusal_jax.sae_cli import add_sae_commands
+
+    np.save(tmp_path / "acts.npy", X[:2048])
+    p = argparse.ArgumentParser()
+    add_sae_commands(p.add_subparsers(dest="command", required=True))
+    argv = [
+        "train-sae",
+        "--activations",
+        str(tmp_path / "acts.npy"),
+        "--out",
+        str(tmp_path / "run"),
+        "--architecture",
+        "topk",
+        "--k",
+        "4",
+        "--d-sae",
+        "64",
+        "--steps",
+        "40",
+        "--batch-size",
+        "128",
+        "--lr",
+        "3e-3",
+        "--lr-warmup",
+        "5",
+        "--checkpoint-every",
+        "20",
+    ]
+    args = p.parse_args(argv)
+    assert args.func(args) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["layers"]["0"]["fvu"] < 0.6
+    sae = sae_io.load_sae(tmp_path / "run" / "layer_0", expected_d_in=D)
+    assert (sae.cfg.architecture, sae.cfg.k, sae.cfg.d_sae) == ("topk", 4, 64)
