@@ -39,7 +39,7 @@ TRAINERS = {
     "topk": dict(architecture="topk", k=4),
     "jumprelu": dict(
         architecture="jumprelu",
-        sparsity_coeff=0.01,
+        sparsity_coeff=0.02,
         sparsity_warmup_steps=200,
         bandwidth=0.1,
         init_threshold=0.1,
@@ -47,7 +47,8 @@ TRAINERS = {
     "relu": dict(architecture="relu", sparsity_coeff=0.03, sparsity_warmup_steps=200),
     "batchtopk": dict(architecture="batchtopk", k=4),
 }
-# FVU reached on held-out planted data after 1200 steps (measured 0.06 / 0.07 / 0.09 / 0.07)
+# held-out FVU after 1200 steps, measured: topk 0.058, jumprelu 0.074, relu 0.085, batchtopk 0.063
+# (median best-match cosines 0.996 / 0.995 / 0.990 / 0.995; L0 4 / 3.0 / 12 / 3.9, planted 3)
 MAX_FVU = {"topk": 0.1, "jumprelu": 0.12, "relu": 0.15, "batchtopk": 0.1}
 
 
