@@ -480,12 +480,11 @@ def train_sae(
 
     history = []
     bar = tqdm(range(start, tcfg.n_steps), initial=start, total=tcfg.n_steps, disable=not progress)
-    step = start
+    done = start  # finished steps, the step count of ``states``
     try:
         for step in bar:
             x = jnp.asarray(source.batch(step), jnp.float32)
-            states, m = train_step(states, x, jnp.int32(step), tcfg)
-            done = step + 1
+            (states, m), done = train_step(states, x, jnp.int32(step), tcfg), step + 1
             if done % log_every == 0 or done == tcfg.n_steps:
                 rec = {"step": done, **{k: np.asarray(v).tolist() for k, v in m._asdict().items()}}
                 history.append(rec)
@@ -499,9 +498,8 @@ def train_sae(
             if stop_after is not None and done >= stop_after and done < tcfg.n_steps:
                 save(done)
                 raise TrainingInterrupted(done)
-        step = tcfg.n_steps
     except KeyboardInterrupt:
-        save(step)  # `step` steps are finished: the interrupted one did not update `states`
+        save(done)
         raise
     finally:
         bar.close()
