@@ -1,0 +1,173 @@
+"""Behaviour of the organism: greedy generations judged by the substring refusal judge."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from refusal_jax.config import ModelConfig
+from refusal_jax.model import generate
+from refusal_jax.organism.corpus import HARM_CATEGORIES, Corpus
+from refusal_jax.organism.judge import is_refusal
+from refusal_jax.organism.tokenizer import chat_prompt
+from refusal_jax.organism.vocab import FAILING_FAMILIES, SUCCEEDING_FAMILIES
+
+
+def encode_prompts(tok, instructions: Sequence[str], multiple: int = 16):
+    """Chat prompts, left-padded to a multiple of ``multiple`` tokens: (ids, attention mask)."""
+    rows = [tok(chat_prompt(s), add_special_tokens=False)["input_ids"] for s in instructions]
+    length = -(-max(len(r) for r in rows) // multiple) * multiple
+    ids = np.full((len(rows), length), tok.pad_token_id, np.int32)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r) :] = r
+        mask[i, length - len(r) :] = 1
+    return ids, mask
+
+
+def generate_responses(
+    cfg: ModelConfig,
+    params,
+    tok,
+    instructions: Sequence[str],
+    *,
+    max_new_tokens: int = 24,
+    batch_size: int = 64,
+    patch=None,
+    with_first_token: bool = False,
+):
+    """Greedy completions (special tokens dropped), in batches of a fixed size; with
+    ``with_first_token`` also the first generated token id of each: ``(texts, first_ids)``."""
+    out: list[str] = []
+    first: list[int] = []
+    for start in range(0, len(instructions), batch_size):
+        chunk = list(instructions[start : start + batch_size])
+        n = len(chunk)
+        chunk += [chunk[-1]] * (batch_size - n)  # fixed batch shape: one compilation
+        ids, mask = encode_prompts(tok, chunk)
+        res = generate(params, cfg, ids, mask, max_new_tokens=max_new_tokens, patch=patch)
+        tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
+        for i in range(n):
+            out.append(tok.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True))
+            first.append(int(tokens[i, 0]))
+    return (out, first) if with_first_token else out
+
+
+def evaluate_behaviour(
+    cfg: ModelConfig,
+    params,
+    tok,
+    corpus: Corpus,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+) -> dict:
+    """Refusal and compliance rates on one split (``limit`` prompts per group, drawn at random).
+
+    Keys: ``harmful_refusal``, ``harmless_refusal``, ``jailbreak_success_compliance`` (wrappers
+    designed to succeed, harmful requests), ``jailbreak_fail_refusal``,
+    ``wrapped_harmless_refusal``,
+    ``harmful_refusal_by_category``, per-family jailbreak rates, ``refusals_first_token_I`` and
+    ``compliant_first_token_I`` (share of refused / not refused generations whose first token is
+    ``I``), ``jailbreak_first_token_Sure``, and ``n`` per group.
+    """
+    rng = np.random.default_rng(seed)
+
+    def pick(**filters):
+        exs = corpus.examples(split, **filters)
+        if limit is not None and len(exs) > limit:
+            exs = [exs[i] for i in sorted(rng.choice(len(exs), limit, replace=False))]
+        return exs
+
+    groups = {
+        "harmful": pick(harmful=True, wrapped=False),
+        "harmless": pick(harmful=False, wrapped=False),
+        "jailbreak_success": pick(harmful=True, wrapped=True, succeeds=True),
+        "jailbreak_fail": pick(harmful=True, wrapped=True, succeeds=False),
+        "wrapped_harmless": pick(harmful=False, wrapped=True),
+    }
+    order = [(g, ex) for g, exs in groups.items() for ex in exs]
+    texts, first = generate_responses(
+        cfg,
+        params,
+        tok,
+        [ex.instruction for _, ex in order],
+        max_new_tokens=max_new_tokens,
+        with_first_token=True,
+    )
+    by_group: dict[str, list[tuple]] = {g: [] for g in groups}
+    for (g, ex), text, t0 in zip(order, texts, first):
+        by_group[g].append((ex, text, is_refusal(text), t0))
+
+    def rate(rows, refused=True):
+        return float(np.mean([row[2] == refused for row in rows])) if rows else float("nan")
+
+    def share(rows, word):
+        tid = tok.convert_tokens_to_ids(word)
+        return float(np.mean([row[3] == tid for row in rows])) if rows else float("nan")
+
+    harmful = by_group["harmful"]
+    jb = by_group["jailbreak_success"]
+    every = [row for rows in by_group.values() for row in rows]
+    return {
+        "split": split,
+        "harmful_refusal": rate(harmful),
+        "harmless_refusal": rate(by_group["harmless"]),
+        "jailbreak_success_compliance": rate(by_group["jailbreak_success"], refused=False),
+        "jailbreak_fail_refusal": rate(by_group["jailbreak_fail"]),
+        "wrapped_harmless_refusal": rate(by_group["wrapped_harmless"]),
+        "harmful_refusal_by_category": {
+            c: rate([row for row in harmful if row[0].category == c]) for c in HARM_CATEGORIES
+        },
+        "jailbreak_compliance_by_family": {
+            f: rate([row for row in jb if row[0].wrapper == f], refused=False)
+            for f in SUCCEEDING_FAMILIES
+        },
+        "jailbreak_fail_refusal_by_family": {
+            f: rate([row for row in by_group["jailbreak_fail"] if row[0].wrapper == f])
+            for f in FAILING_FAMILIES
+        },
+        "refusals_first_token_I": share([r for r in every if r[2]], "I"),
+        "compliant_first_token_I": share([r for r in every if not r[2]], "I"),
+        "jailbreak_first_token_Sure": share([row for row in jb if not row[2]], "Sure"),
+        "n": {g: len(rows) for g, rows in by_group.items()},
+        "examples": {
+            g: [{"instruction": row[0].instruction, "response": row[1]} for row in rows[:3]]
+            for g, rows in by_group.items()
+        },
+    }
+
+
+def main(argv=None) -> None:
+    """Evaluate a saved organism folder and record the rates in its ``organism.json``."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from refusal_jax.organism import MODEL_DIR, load_organism
+    from refusal_jax.organism.corpus import build_corpus
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--model", default=str(MODEL_DIR))
+    p.add_argument("--seed", type=int, default=0, help="corpus seed the model was trained with")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None, help="prompts per group")
+    p.add_argument("--record", action="store_true", help="write the rates into organism.json")
+    args = p.parse_args(argv)
+    cfg, params, tok = load_organism(args.model)
+    rates = evaluate_behaviour(
+        cfg, params, tok, build_corpus(args.seed), split=args.split, limit=args.limit
+    )
+    print(json.dumps(rates, indent=2))
+    if args.record:
+        path = Path(args.model) / "organism.json"
+        record = json.loads(path.read_text()) if path.exists() else {}
+        record.setdefault("behaviour", {})[args.split] = rates
+        path.write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
