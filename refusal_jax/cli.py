@@ -16,11 +16,14 @@ def _cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refusal-jax", description="refusal_jax command line")
     sub = p.add_subparsers(dest="command", required=True)
+    from refusal_jax.demo import add_demo_arguments
+
     d = sub.add_parser("demo", help="run the main job (the paper's pipeline) end to end")
-    d.add_argument("--model-dir", default=None, help="converted or HF model folder")
-    d.add_argument("--out", default="runs", help="parent folder for the run folder")
-    d.add_argument("--seed", type=int, default=0)
+    add_demo_arguments(d)
     d.set_defaults(func=_cmd_demo)
+    from refusal_jax.sae_cli import add_sae_commands
+
+    add_sae_commands(sub)
     return p
 
 

@@ -1,46 +1,122 @@
-"""The main job. Until the embedded model organism lands this runs the core on a small model:
-forward pass with residuals, greedy generation, and generation under a steering patch."""
+"""The main job (``refusal-jax demo``): the paper's pipeline on the embedded model organism, or on
+a converted real model with its SAEs and the refusal_direction data.
+
+Writes a run folder ``<out>/demo-seed<seed>-<time>`` with ``report.json``, ``report.md``,
+``rates.png`` and ``attribution_by_layer.png``; the same seed gives the same report (up to the
+runtime field).
+"""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-
-from refusal_jax.checkpoint import load_model
-from refusal_jax.config import gemma2_config
-from refusal_jax.model import forward, generate, init_params
-from refusal_jax.patches import add_at_layers
+from refusal_jax.pipeline import PipelineConfig, PromptData, run_pipeline
 
 
-def run_demo(args) -> None:
-    if args.model_dir:
-        cfg, params = load_model(args.model_dir)
-    else:
-        cfg = gemma2_config(
-            vocab_size=512,
-            d_model=64,
-            n_layers=4,
-            n_heads=4,
-            n_kv_heads=2,
-            head_dim=16,
-            d_mlp=128,
-            sliding_window=8,
-        )
-        params = init_params(cfg, jax.random.PRNGKey(args.seed), scale=0.2)
-    ids = jax.random.randint(jax.random.PRNGKey(args.seed + 1), (4, 12), 3, cfg.vocab_size)
-    mask = jnp.ones_like(ids).at[1, :3].set(0)
-    t0 = time.perf_counter()
-    out = forward(params, cfg, ids, mask, return_residuals=True)
-    jax.block_until_ready(out.logits)
-    print(
-        f"forward: logits {out.logits.shape}, resid_post {out.resid_post.shape} "
-        f"({time.perf_counter() - t0:.2f}s incl. compile)"
+def _only_width(root: Path):
+    widths = {p.name for p in root.glob("layer_*/width_*") if p.is_dir()}
+    if len(widths) == 1:
+        return widths.pop().split("_", 1)[1]
+    return None
+
+
+def load_saes(sae_dir, n_layers: int, width=None, target_l0: float = 100):
+    """Stacked SAEs (leading layer axis) from a folder of per-layer SAEs (any supported format)."""
+    from ports.sae import load_sae_set
+    from refusal_jax.sae import stack_sae_set
+
+    root = Path(sae_dir)
+    width = width or _only_width(root)
+    stacked, _ = stack_sae_set(load_sae_set(root, width=width, target_l0=target_l0), n_layers)
+    return stacked
+
+
+def organism_prompts(seed: int, n_train: int, n_test: int) -> PromptData:
+    """Plain (unwrapped) requests from the organism's corpus: train and held-out test."""
+    import random
+
+    from refusal_jax.organism.corpus import build_corpus
+
+    corpus = build_corpus(seed=0)  # the corpus the committed organism was trained on
+    rng = random.Random(seed)
+
+    def pick(split, harmful, n):
+        xs = corpus.prompts(split, harmful=harmful, wrapped=False)
+        return rng.sample(xs, min(n, len(xs)))
+
+    return PromptData(
+        harmful_train=pick("train", True, n_train),
+        harmless_train=pick("train", False, n_train),
+        harmful_test=pick("test", True, n_test),
+        harmless_test=pick("test", False, n_test),
     )
-    base = generate(params, cfg, ids, mask, max_new_tokens=8)
-    direction = out.resid_post[cfg.n_layers // 2, :, -1].mean(0)
-    steer = add_at_layers(-4.0 * direction, [cfg.n_layers // 2], cfg.n_layers)
-    steered = generate(params, cfg, ids, mask, max_new_tokens=8, patch=steer)
-    changed = int((base.tokens != steered.tokens).any(axis=1).sum())
-    print(f"greedy generation: {base.tokens.shape}; steering changed {changed}/4 continuations")
+
+
+def real_prompts(data_dir, n_train: int, n_test: int, eval_name: str) -> PromptData:
+    from refusal_jax import data
+
+    return PromptData(
+        harmful_train=data.split(data_dir, "harmful_train", n_train),
+        harmless_train=data.split(data_dir, "harmless_train", n_train),
+        harmful_test=data.eval_set(data_dir, eval_name, n_test),
+        harmless_test=data.split(data_dir, "harmless_test", n_test),
+    )
+
+
+def run_demo(args) -> dict:
+    if args.model_dir:
+        from transformers import AutoTokenizer
+
+        from refusal_jax.checkpoint import load_model
+
+        cfg, params = load_model(args.model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+        if not args.sae_dir:
+            raise SystemExit("--model-dir needs --sae-dir (SAEs for that model)")
+        data = real_prompts(args.data_dir, args.n_train, args.n_test, args.eval_set)
+    else:
+        from refusal_jax.organism import ARTIFACTS, load_organism
+
+        cfg, params, tokenizer = load_organism()
+        args.sae_dir = args.sae_dir or str(ARTIFACTS / "saes")
+        data = organism_prompts(args.seed, args.n_train, args.n_test)
+    saes = load_saes(args.sae_dir, cfg.n_layers, args.sae_width, args.target_l0)
+    pc = PipelineConfig(
+        best_layer=args.best_layer,
+        n_steps=args.n_steps,
+        n_features=args.n_features,
+        clamp_value=args.clamp_value,
+        skip_positions=args.skip_positions,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) / f"demo-seed{args.seed}-{stamp}"
+    report = run_pipeline(params, cfg, tokenizer, saes, data, pc, out, progress=not args.quiet)
+    print((out / "report.md").read_text())
+    print(f"run folder: {out}")
+    return report
+
+
+def add_demo_arguments(p) -> None:
+    p.add_argument("--model-dir", help="converted (python -m ports.hf) or HF model folder")
+    p.add_argument("--sae-dir", help="per-layer SAE folder (GemmaScope tree, SAELens, ...)")
+    p.add_argument("--sae-width", help="GemmaScope width folder, e.g. 65k (auto if only one)")
+    p.add_argument("--target-l0", type=float, default=100.0)
+    p.add_argument("--data-dir", help="refusal_direction data (or $REFUSAL_JAX_DATA)")
+    p.add_argument("--eval-set", default="harmbench_test")
+    p.add_argument("--out", default="runs", help="parent folder of the run folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-test", type=int, default=64)
+    p.add_argument("--best-layer", type=int, default=None)
+    p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
+    p.add_argument("--n-features", type=int, default=20)
+    p.add_argument("--clamp-value", type=float, default=-3.0)
+    p.add_argument("--skip-positions", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+__all__ = ["add_demo_arguments", "load_saes", "organism_prompts", "real_prompts", "run_demo"]

@@ -1,0 +1,341 @@
+"""The paper's pipeline end to end, as one function over a model, its SAEs and prompt sets.
+
+refusal direction -> best layer -> directional-ablation jailbreak ("AS") -> LA-IG over harmful
+prompts -> feature sets (ours, la, cs, act, random) -> clamp each -> refusal / jailbreak rates on
+held-out harmful prompts, refusal on held-out harmless prompts, CE change on harmless rollouts.
+Every step is a library call; this module only sequences them and writes the run folder
+(``report.json``, ``report.md``, PNG plots).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from refusal_jax.capability import masked_ce, rollout_batch
+from refusal_jax.direction import (
+    batches,
+    first_token_refuses,
+    is_refusal,
+    refusal_directions,
+)
+from refusal_jax.interventions import ablate_direction, clamp_features
+from refusal_jax.laig import feature_attributions, la_ig, position_weights
+from refusal_jax.prompts import decode_responses, encode_prompts, generate_tokens
+from refusal_jax.selection import (
+    act_features,
+    candidate_features,
+    cs_features,
+    la_features,
+    max_activation_means,
+    random_features,
+    select_features,
+)
+
+METHODS = ("base", "AS", "cs", "act", "la", "random", "ours")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    best_layer: int | None = None  # None: the layer whose direction, ablated, refuses least
+    n_steps: int = 10  # LA-IG alpha steps
+    n_candidates: int = 10  # F0: per layer
+    n_features: int = 20  # |F*| and every baseline
+    clamp_value: float = -3.0  # multiply clamp (Gemma: -3, Llama: -1)
+    skip_positions: int = 1  # positions after left padding excluded from attribution (BOS)
+    error_mode: str = "paper"
+    max_new_tokens: int = 24
+    batch_size: int = 32
+    laig_batch_size: int = 8
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class PromptData:
+    """Instruction strings. ``*_train`` build the direction and attributions; ``*_test`` are
+    held out for the rates."""
+
+    harmful_train: list[str]
+    harmless_train: list[str]
+    harmful_test: list[str]
+    harmless_test: list[str]
+
+    def __post_init__(self):
+        for name in ("harmful_train", "harmless_train", "harmful_test", "harmless_test"):
+            if not getattr(self, name):
+                raise ValueError(f"PromptData.{name} is empty")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _refusal_token(tokenizer) -> int:
+    ids = tokenizer("I", add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError("the tokenizer encodes 'I' to no token")
+    return int(ids[0])
+
+
+def choose_best_layer(
+    params, cfg, directions, ids, mask, refusal_token, batch_size=32, margin: float = 0.2
+) -> tuple[int, list[float]]:
+    """Layer whose direction, ablated at every layer, leaves the fewest first-token refusals
+    (layers in the outer ``margin`` fraction are skipped, as in refusal_direction's filter)."""
+    n = cfg.n_layers
+    lo, hi = int(n * margin), max(int(n * (1 - margin)), int(n * margin) + 1)
+    rates = []
+    for layer in range(n):
+        if not lo <= layer < hi:
+            rates.append(float("nan"))
+            continue
+        patch = ablate_direction(directions[layer], n)
+        rates.append(
+            float(
+                first_token_refuses(
+                    params, cfg, ids, mask, [refusal_token], patch, batch_size
+                ).mean()
+            )
+        )
+    return int(np.nanargmin(rates)), rates
+
+
+def _accumulate_attributions(
+    params, cfg, saes, ids, mask, direction, refusal_token, pc, progress
+) -> np.ndarray:
+    """Position-mean LA-IG attributions for every prompt: [L, N, d_sae]."""
+    chunks = []
+    steps = list(batches(ids, mask, pc.laig_batch_size))
+    for b_ids, b_mask, n in tqdm(steps, desc="LA-IG", disable=not progress, leave=False):
+        res = la_ig(
+            params,
+            cfg,
+            b_ids,
+            b_mask,
+            direction,
+            refusal_token=refusal_token,
+            n_steps=pc.n_steps,
+            error_mode=pc.error_mode,
+        )
+        w = position_weights(b_mask, skip=pc.skip_positions)
+        chunks.append(np.asarray(feature_attributions(res, saes, w))[:, :n])
+    return np.concatenate(chunks, axis=1)
+
+
+def run_pipeline(
+    params,
+    cfg,
+    tokenizer,
+    saes,
+    data: PromptData,
+    pc: PipelineConfig,
+    out_dir,
+    *,
+    progress: bool = True,
+) -> dict:
+    """Run every step and write ``report.json``, ``report.md`` and plots into ``out_dir``."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc = lambda xs: encode_prompts(tokenizer, xs, max_length=cfg.max_position_embeddings)
+    refusal_tok = _refusal_token(tokenizer)
+    bar = tqdm(total=6 + len(METHODS), desc="pipeline", disable=not progress)
+
+    def stage(msg):
+        bar.set_postfix_str(msg)
+        bar.update(1)
+
+    # 1. Filter training prompts (harmful: refused; harmless: not refused), as in the paper.
+    harm_ids, harm_mask = enc(data.harmful_train)
+    safe_ids, safe_mask = enc(data.harmless_train)
+    keep_h = first_token_refuses(
+        params, cfg, harm_ids, harm_mask, [refusal_tok], None, pc.batch_size
+    )
+    keep_s = ~first_token_refuses(
+        params, cfg, safe_ids, safe_mask, [refusal_tok], None, pc.batch_size
+    )
+    if keep_h.sum() == 0 or keep_s.sum() == 0:
+        raise ValueError(
+            f"after filtering, {int(keep_h.sum())} harmful and {int(keep_s.sum())} harmless "
+            "training prompts remain: the model does not refuse (first token 'I') as expected"
+        )
+    harm_ids, harm_mask = harm_ids[keep_h], harm_mask[keep_h]
+    safe_ids, safe_mask = safe_ids[keep_s], safe_mask[keep_s]
+    stage("filtered")
+
+    # 2. Refusal direction at every layer; best layer.
+    directions = refusal_directions(
+        params, cfg, (harm_ids, harm_mask), (safe_ids, safe_mask), batch_size=pc.batch_size
+    )[0]
+    if pc.best_layer is None:
+        best, layer_rates = choose_best_layer(
+            params, cfg, directions, harm_ids, harm_mask, refusal_tok, pc.batch_size
+        )
+    else:
+        if not 0 <= pc.best_layer < cfg.n_layers:
+            raise ValueError(f"best_layer {pc.best_layer} out of range [0, {cfg.n_layers})")
+        best, layer_rates = pc.best_layer, []
+    r_best = directions[best]
+    stage(f"direction (layer {best})")
+
+    # 3. LA-IG over the (filtered) harmful training prompts.
+    attr = _accumulate_attributions(
+        params, cfg, saes, harm_ids, harm_mask, r_best, refusal_tok, pc, progress
+    )
+    stage("LA-IG")
+
+    # 4. Feature sets.
+    d_sae = int(saes.W_dec.shape[-2])
+    f0 = candidate_features(saes, r_best, k=pc.n_candidates)
+    ours = select_features(attr, pc.n_features, candidates=f0)
+    act_h = max_activation_means(params, cfg, saes, harm_ids, harm_mask, pc.batch_size)
+    act_s = max_activation_means(params, cfg, saes, safe_ids, safe_mask, pc.batch_size)
+    sets = {
+        "ours": ours,
+        "la": la_features(attr, pc.n_features),
+        "cs": cs_features(saes, r_best, pc.n_features),
+        "act": act_features(act_h, act_s, pc.n_features),
+        "random": random_features(ours, d_sae, seed=pc.seed),
+    }
+    stage("feature sets")
+
+    # 5. Held-out evaluation of every method.
+    test_h = enc(data.harmful_test)
+    test_s = enc(data.harmless_test)
+    gen = lambda ids_mask, patch: generate_tokens(
+        params,
+        cfg,
+        *ids_mask,
+        batch_size=pc.batch_size,
+        max_new_tokens=pc.max_new_tokens,
+        patch=patch,
+    )
+    base_s_tokens = gen(test_s, None)
+    ce_ids, ce_mask, ce_tgt = rollout_batch(*test_s, *base_s_tokens)
+    base_ce = masked_ce(params, cfg, ce_ids, ce_mask, ce_tgt, None, pc.batch_size)
+    stage("baseline rollouts")
+
+    patches = {"base": None, "AS": ablate_direction(r_best, cfg.n_layers)}
+    for name, fs in sets.items():
+        patches[name] = clamp_features(saes, fs, pc.clamp_value, mode="multiply")
+    results, samples = {}, {}
+    for name in METHODS:
+        patch = patches[name]
+        harm_text = decode_responses(tokenizer, *gen(test_h, patch))
+        safe_tokens = base_s_tokens if patch is None else gen(test_s, patch)
+        safe_text = decode_responses(tokenizer, *safe_tokens)
+        refused_h = np.array([is_refusal(t) for t in harm_text])
+        ce = (
+            base_ce
+            if patch is None
+            else masked_ce(params, cfg, ce_ids, ce_mask, ce_tgt, patch, pc.batch_size)
+        )
+        results[name] = {
+            "harmful_refusal_rate": float(refused_h.mean()),
+            "jailbreak_rate": float(1.0 - refused_h.mean()),
+            "harmless_refusal_rate": float(np.mean([is_refusal(t) for t in safe_text])),
+            "harmless_ce": ce,
+            "harmless_ce_change": ce - base_ce,
+            "n_features": int(sets[name].size()) if name in sets else 0,
+        }
+        samples[name] = [
+            {"prompt": p, "response": r} for p, r in zip(data.harmful_test[:3], harm_text[:3])
+        ]
+        stage(name)
+    bar.close()
+
+    ranking = sorted(
+        (m for m in METHODS if m != "base"), key=lambda m: -results[m]["jailbreak_rate"]
+    )
+    report = {
+        "model": {"family": cfg.family, "n_layers": cfg.n_layers, "d_model": cfg.d_model},
+        "sae": {"d_sae": d_sae, "architecture": saes.cfg.architecture},
+        "config": dataclasses.asdict(pc),
+        "n_prompts": {
+            "harmful_train_kept": int(keep_h.sum()),
+            "harmful_train": len(keep_h),
+            "harmless_train_kept": int(keep_s.sum()),
+            "harmless_train": len(keep_s),
+            "harmful_test": len(data.harmful_test),
+            "harmless_test": len(data.harmless_test),
+        },
+        "best_layer": best,
+        "layer_ablation_refusal": layer_rates,
+        "refusal_token": refusal_tok,
+        "methods": results,
+        "ranking_by_jailbreak": ranking,
+        "features": {name: fs.pairs() for name, fs in sets.items()},
+        "attribution_by_layer": np.abs(attr).sum(axis=-1).mean(axis=1).tolist(),
+        "samples": samples,
+        "runtime_s": time.perf_counter() - t0,
+    }
+    _write_atomic(out_dir / "report.json", json.dumps(report, indent=2))
+    _write_atomic(out_dir / "report.md", render_markdown(report))
+    plot_report(report, out_dir)
+    return report
+
+
+def render_markdown(report: dict) -> str:
+    lines = [
+        "# refusal_jax pipeline report",
+        "",
+        f"Model: {report['model']['family']}, {report['model']['n_layers']} layers; "
+        f"SAEs: {report['sae']['architecture']} width {report['sae']['d_sae']}; best layer "
+        f"{report['best_layer']}; runtime {report['runtime_s']:.1f} s.",
+        "",
+        "| method | features | jailbreak (harmful) | refusal (harmful) | refusal (harmless) "
+        "| CE change (harmless) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in METHODS:
+        r = report["methods"][name]
+        lines.append(
+            f"| {name} | {r['n_features']} | {r['jailbreak_rate']:.2f} | "
+            f"{r['harmful_refusal_rate']:.2f} | {r['harmless_refusal_rate']:.2f} | "
+            f"{r['harmless_ce_change']:+.3f} |"
+        )
+    lines += ["", "Ranking by jailbreak rate: " + " > ".join(report["ranking_by_jailbreak"]), ""]
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(METHODS)
+    jb = [report["methods"][m]["jailbreak_rate"] for m in names]
+    hr = [report["methods"][m]["harmless_refusal_rate"] for m in names]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(x - 0.2, jb, 0.4, label="jailbreak rate (harmful)")
+    ax.bar(x + 0.2, hr, 0.4, label="refusal rate (harmless)")
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Rates per method (held-out prompts)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "rates.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(np.arange(len(report["attribution_by_layer"])), report["attribution_by_layer"])
+    ax.axvline(report["best_layer"], color="k", ls="--", lw=1, label="best layer")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean sum |A| over features")
+    ax.set_title("LA-IG attribution by layer")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "attribution_by_layer.png", dpi=120)
+    plt.close(fig)
+
+
+__all__ = ["METHODS", "PipelineConfig", "PromptData", "choose_best_layer", "run_pipeline"]
