@@ -118,7 +118,23 @@ class Corpus:
 
 # ----------------------------------------------------------------------------- ids and holdouts
 def _topic_ids(topics: dict[str, list]) -> list[tuple[str, str]]:
-    return [(cat, f"{cat}/{i}") for cat, items in topics.items() for i in range(len(items))]
+    """(category, topic id) for every task: ``cat/i.j`` is verb j of object i of a verb-object
+    group, ``cat/i`` a one-off task phrase."""
+    out = []
+    for cat, items in topics.items():
+        for i, phrases in enumerate(items):
+            if len(phrases) == 1:
+                out.append((cat, f"{cat}/{i}"))
+            else:
+                out += [(cat, f"{cat}/{i}.{j}") for j in range(len(phrases))]
+    return out
+
+
+def _siblings(topic_id: str) -> int:
+    """How many topics share this topic's object (1 for one-off phrases)."""
+    cat, i = topic_id.split("/")
+    table = vocab.HARMFUL_TOPICS if cat in vocab.HARMFUL_TOPICS else vocab.HARMLESS_TOPICS
+    return len(table[cat][int(i.split(".")[0])])
 
 
 def _template_ids() -> list[str]:
@@ -137,12 +153,14 @@ def _draw_heldout(rng: random.Random) -> dict[str, dict[str, list[str]]]:
         "test": {"templates": sorted(templates[:3]), "topics": [], "wrapper_templates": []},
         "val": {"templates": sorted(templates[3:5]), "topics": [], "wrapper_templates": []},
     }
-    for topics in (vocab.HARMFUL_TOPICS, vocab.HARMLESS_TOPICS):
-        for cat, items in topics.items():
-            ids = [f"{cat}/{i}" for i in range(len(items))]
+    for harmful, topics in ((True, vocab.HARMFUL_TOPICS), (False, vocab.HARMLESS_TOPICS)):
+        for cat in topics:
+            # Harmful topics are held out among verb-object tasks only: the verb and the object of
+            # a held-out harmful task each occur in training, never together.
+            ids = [t for c, t in _topic_ids({cat: topics[cat]}) if not harmful or "." in t]
             rng.shuffle(ids)
-            held["test"]["topics"] += sorted(ids[:2])
-            held["val"]["topics"] += sorted(ids[2:3])
+            held["test"]["topics"] += sorted(ids[:3])
+            held["val"]["topics"] += sorted(ids[3:5])
     for fam, items in vocab.WRAPPERS.items():
         ids = [f"{fam}{i}" for i in range(len(items))]
         rng.shuffle(ids)
@@ -169,7 +187,9 @@ def _capitalize(s: str) -> str:
 def _topic_phrases(topic_id: str) -> tuple[str, ...]:
     cat, i = topic_id.split("/")
     table = vocab.HARMFUL_TOPICS if cat in vocab.HARMFUL_TOPICS else vocab.HARMLESS_TOPICS
-    return table[cat][int(i)]
+    obj, _, verb = i.partition(".")
+    phrases = table[cat][int(obj)]
+    return (phrases[int(verb)],) if verb else phrases
 
 
 def _refusal(rng: random.Random, category: str, task: str, wrapped: bool) -> str:
@@ -269,16 +289,22 @@ def build_corpus(
 ) -> Corpus:
     """Generate the whole corpus (same seed, same corpus).
 
-    Every (request template, topic) pair appears once unwrapped. Each harmful topic additionally
-    gets ``wrapped_per_topic`` wrapped requests (one wrapper template and request template drawn per
-    example, families balanced), each harmless topic ``harmless_wrapped_per_topic``.
+    A topic is one task (one verb with one object, or a one-off phrase). Held-out topics appear
+    under every request template; the others under a random subset, so that each object gets
+    about one request per template. Each harmful object additionally gets about
+    ``wrapped_per_topic`` wrapped requests (wrapper and request template drawn per example,
+    families balanced), each harmless object ``harmless_wrapped_per_topic``.
     """
     rng = random.Random(seed)
     held = _draw_heldout(rng)
+    evaluated = set(held["test"]["topics"]) | set(held["val"]["topics"])
     splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
     for harmful, topics in ((True, vocab.HARMFUL_TOPICS), (False, vocab.HARMLESS_TOPICS)):
         for cat, topic in _topic_ids(topics):
-            for tid in _template_ids():
+            tids = _template_ids()
+            if topic not in evaluated:  # each object gets about len(tids) requests in all
+                tids = sorted(rng.sample(tids, -(-len(tids) // _siblings(topic))))
+            for tid in tids:
                 ex = _plain_example(rng, cat, topic, tid, harmful)
                 splits[_assign(held, [tid, topic])].append(ex)
     wrapper_ids = _wrapper_ids()
@@ -288,7 +314,7 @@ def build_corpus(
     ):
         for cat, topic in _topic_ids(topics):
             offset = rng.randrange(len(WRAPPER_FAMILIES))
-            for k in range(per_topic):
+            for k in range(-(-per_topic // _siblings(topic))):
                 fam = WRAPPER_FAMILIES[(k + offset) % len(WRAPPER_FAMILIES)]
                 ids = [w for f, w in wrapper_ids if f == fam]
                 wid, tid = rng.choice(ids), rng.choice(_template_ids())

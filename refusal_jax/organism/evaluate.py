@@ -141,6 +141,52 @@ def evaluate_behaviour(
     }
 
 
+def directional_check(
+    cfg: ModelConfig, params, tok, corpus: Corpus, *, n: int = 128, split: str = "test"
+) -> dict:
+    """Is refusal mediated by one residual direction? Per layer l: the difference-in-means
+    direction r_l from ``n`` training prompts each (last prompt position), then on ``split``
+    prompts the first-token refusal rate ("I") of harmful prompts with r_l ablated at every layer
+    and position, and of harmless prompts with r_l added at layer l."""
+    from refusal_jax.direction import first_token_refuses, refusal_directions
+    from refusal_jax.interventions import ablate_direction
+    from refusal_jax.patches import add_at_layers
+
+    def enc(prompts):
+        return encode_prompts(tok, prompts[:n])
+
+    r = refusal_directions(
+        params,
+        cfg,
+        enc(corpus.prompts("train", harmful=True, wrapped=False)),
+        enc(corpus.prompts("train", harmful=False, wrapped=False)),
+    )[0]
+    harmful = enc(corpus.prompts(split, harmful=True, wrapped=False))
+    harmless = enc(corpus.prompts(split, harmful=False, wrapped=False))
+    i_tok = [tok.convert_tokens_to_ids("I")]
+    out = {
+        "harmful_refusal": float(first_token_refuses(params, cfg, *harmful, i_tok).mean()),
+        "harmless_refusal": float(first_token_refuses(params, cfg, *harmless, i_tok).mean()),
+        "layers": [],
+    }
+    for layer in range(cfg.n_layers):
+        ablate = ablate_direction(r[layer], cfg.n_layers)
+        add = add_at_layers(r[layer], [layer], cfg.n_layers)
+        out["layers"].append(
+            {
+                "layer": layer,
+                "norm": float(np.linalg.norm(np.asarray(r[layer]))),
+                "harmful_refusal_ablated": float(
+                    first_token_refuses(params, cfg, *harmful, i_tok, patch=ablate).mean()
+                ),
+                "harmless_refusal_added": float(
+                    first_token_refuses(params, cfg, *harmless, i_tok, patch=add).mean()
+                ),
+            }
+        )
+    return out
+
+
 def main(argv=None) -> None:
     """Evaluate a saved organism folder and record the rates in its ``organism.json``."""
     import argparse
@@ -161,11 +207,13 @@ def main(argv=None) -> None:
     rates = evaluate_behaviour(
         cfg, params, tok, build_corpus(args.seed), split=args.split, limit=args.limit
     )
-    print(json.dumps(rates, indent=2))
+    direction = directional_check(cfg, params, tok, build_corpus(args.seed), split=args.split)
+    print(json.dumps({**rates, "direction": direction}, indent=2))
     if args.record:
         path = Path(args.model) / "organism.json"
         record = json.loads(path.read_text()) if path.exists() else {}
-        record.setdefault("behaviour", {})[args.split] = rates
+        record["behaviour"] = {**rates, "limit_per_group": args.limit}
+        record["direction"] = direction
         path.write_text(json.dumps(record, indent=2))
 
 

@@ -56,7 +56,7 @@ class TrainConfig:
     d_mlp: int = 512
     sliding_window: int = 32
     max_position_embeddings: int = 512
-    steps: int = 600
+    steps: int = 700
     batch_chat: int = 32
     batch_plain: int = 8
     # chat examples are padded to the shortest bucket that fits them (one compilation per bucket)
