@@ -126,8 +126,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ARTIFACTS / "saes"))
     p.add_argument("--ckpt-dir", default=None, help="orbax checkpoints (resume after a kill)")
     p.add_argument("--d-sae", type=int, default=1024)
-    p.add_argument("--k", type=int, default=24)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     m = train_organism_saes(
