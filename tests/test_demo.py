@@ -34,7 +34,8 @@ def test_report_structure(reports):
     for r in rep["methods"].values():
         for key in ("jailbreak_rate", "harmful_refusal_rate", "harmless_refusal_rate"):
             assert 0.0 <= r[key] <= 1.0
-        assert r["jailbreak_rate"] == pytest.approx(1 - r["harmful_refusal_rate"])
+        assert r["non_refusal_rate"] == pytest.approx(1 - r["harmful_refusal_rate"])
+        assert r["jailbreak_rate"] <= r["non_refusal_rate"]
     assert len(rep["features"]["ours"]) == 20
     assert sorted(rep["ranking_by_jailbreak"]) == sorted(set(rep["methods"]) - {"base"})
     assert 0 <= rep["best_layer"] < rep["model"]["n_layers"]
