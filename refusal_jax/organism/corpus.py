@@ -282,7 +282,7 @@ def _plain_text(rng: random.Random, n: int) -> tuple[str, ...]:
 def build_corpus(
     seed: int = 0,
     *,
-    wrapped_per_topic: int = 24,
+    wrapped_per_topic: int = 36,
     harmless_wrapped_per_topic: int = 3,
     n_plain_train: int = 2000,
     n_plain_test: int = 200,

@@ -56,13 +56,13 @@ class TrainConfig:
     d_mlp: int = 512
     sliding_window: int = 32
     max_position_embeddings: int = 512
-    steps: int = 700
+    steps: int = 550
     batch_chat: int = 32
     batch_plain: int = 8
     # chat examples are padded to the shortest bucket that fits them (one compilation per bucket)
-    chat_buckets: tuple[int, ...] = (64, 104)
+    chat_buckets: tuple[int, ...] = (64, 112)
     plain_len: int = 64
-    lr: float = 3e-3
+    lr: float = 2e-3
     warmup: int = 40
     final_lr_fraction: float = 0.05
     weight_decay: float = 0.05
