@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from refusal_jax.direction import REFUSAL_PREFIXES, is_refusal
 from refusal_jax.organism import MODEL_DIR
 from refusal_jax.organism.corpus import (
     HARM_CATEGORIES,
@@ -15,7 +16,6 @@ from refusal_jax.organism.corpus import (
     build_corpus,
     write_refusal_direction_layout,
 )
-from refusal_jax.organism.judge import REFUSAL_PREFIXES, is_refusal
 from refusal_jax.organism.tokenizer import (
     SPECIAL_TOKENS,
     chat_prompt,

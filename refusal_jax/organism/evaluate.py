@@ -6,24 +6,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from refusal_jax import prompts
 from refusal_jax.config import ModelConfig
+from refusal_jax.direction import is_refusal
 from refusal_jax.model import generate
 from refusal_jax.organism.corpus import HARM_CATEGORIES, Corpus
-from refusal_jax.organism.judge import is_refusal
-from refusal_jax.organism.tokenizer import chat_prompt
 from refusal_jax.organism.vocab import FAILING_FAMILIES, SUCCEEDING_FAMILIES
 
 
 def encode_prompts(tok, instructions: Sequence[str], multiple: int = 16):
     """Chat prompts, left-padded to a multiple of ``multiple`` tokens: (ids, attention mask)."""
-    rows = [tok(chat_prompt(s), add_special_tokens=False)["input_ids"] for s in instructions]
-    length = -(-max(len(r) for r in rows) // multiple) * multiple
-    ids = np.full((len(rows), length), tok.pad_token_id, np.int32)
-    mask = np.zeros((len(rows), length), np.int32)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = r
-        mask[i, length - len(r) :] = 1
-    return ids, mask
+    return prompts.encode_prompts(tok, instructions, multiple=multiple)
 
 
 def generate_responses(
