@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from refusal_jax.direction import (
 from refusal_jax.interventions import ablate_direction, clamp_features
 from refusal_jax.laig import feature_attributions, la_ig, position_weights
 from refusal_jax.prompts import decode_responses, encode_prompts, generate_tokens
+from refusal_jax.runs import write_text_atomic
 from refusal_jax.selection import (
     act_features,
     candidate_features,
@@ -73,12 +73,6 @@ class PromptData:
         for name in ("harmful_train", "harmless_train", "harmful_test", "harmless_test"):
             if not getattr(self, name):
                 raise ValueError(f"PromptData.{name} is empty")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _refusal_token(tokenizer) -> int:
@@ -248,7 +242,7 @@ def run_pipeline(
         results[name] = {
             "harmful_refusal_rate": float(refused_h.mean()),
             "jailbreak_rate": float(complied.mean()),
-            "non_refusal_rate": float(1.0 - refused_h.mean()),
+            "non_refusal_rate": float((~refused_h).mean()),
             "harmless_refusal_rate": float(np.mean([is_refusal(t) for t in safe_text])),
             "harmless_ce": ce,
             "harmless_ce_change": ce - base_ce,
@@ -285,8 +279,8 @@ def run_pipeline(
         "samples": samples,
         "runtime_s": time.perf_counter() - t0,
     }
-    _write_atomic(out_dir / "report.json", json.dumps(report, indent=2))
-    _write_atomic(out_dir / "report.md", render_markdown(report))
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2))
+    write_text_atomic(out_dir / "report.md", render_markdown(report))
     plot_report(report, out_dir)
     return report
 
