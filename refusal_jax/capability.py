@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from refusal_jax.model import forward_fn
-from refusal_jax.patches import Identity
+from refusal_jax.patches import Identity, check_patch_rows, patch_rows
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -30,6 +30,7 @@ def masked_ce(params, cfg, ids, mask, target_mask, patch=None, batch_size: int =
     its prefix), in fixed-size batches."""
     ids, mask, target_mask = (np.asarray(a) for a in (ids, mask, target_mask))
     patch = patch or Identity()
+    check_patch_rows(patch, len(ids))
     total, count = 0.0, 0.0
     for start in range(0, len(ids), batch_size):
         sl = slice(start, start + batch_size)
@@ -39,8 +40,9 @@ def masked_ce(params, cfg, ids, mask, target_mask, patch=None, batch_size: int =
             b_ids = np.concatenate([b_ids, np.zeros((fill, ids.shape[1]), ids.dtype)])
             b_mask = np.concatenate([b_mask, np.repeat(mask[:1], fill, 0)])
             b_tgt = np.concatenate([b_tgt, np.zeros((fill, ids.shape[1]), target_mask.dtype)])
+        b_patch = patch_rows(patch, start, batch_size)
         s, c = _ce_sums(
-            params, cfg, jnp.asarray(b_ids), jnp.asarray(b_mask), jnp.asarray(b_tgt), patch
+            params, cfg, jnp.asarray(b_ids), jnp.asarray(b_mask), jnp.asarray(b_tgt), b_patch
         )
         total += float(s)
         count += float(c)

@@ -96,10 +96,12 @@ def first_token_refuses(
     params, cfg, ids, mask, refusal_token_ids, patch=None, batch_size: int = 32
 ) -> np.ndarray:
     """[N] bool: the greedy first response token is one of ``refusal_token_ids`` (e.g. "I")."""
-    from refusal_jax.patches import Identity
+    from refusal_jax.patches import Identity, check_patch_rows, patch_rows
 
     patch = patch or Identity()
+    check_patch_rows(patch, len(ids))
     out = []
-    for b_ids, b_mask, n in batches(ids, mask, batch_size):
-        out.append(np.asarray(_first_token(params, cfg, b_ids, b_mask, patch))[:n])
+    for i, (b_ids, b_mask, n) in enumerate(batches(ids, mask, batch_size)):
+        b_patch = patch_rows(patch, i * batch_size, batch_size)
+        out.append(np.asarray(_first_token(params, cfg, b_ids, b_mask, b_patch))[:n])
     return np.isin(np.concatenate(out), np.asarray(refusal_token_ids))

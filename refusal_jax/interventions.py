@@ -21,6 +21,7 @@ from flax import struct
 
 from refusal_jax import sae as sae_lib
 from refusal_jax.features import FeatureSet
+from refusal_jax.patches import _agree, _count_if, _rows_if, take_rows
 
 
 def unit(v: jax.Array, axis: int = -1) -> jax.Array:
@@ -50,6 +51,12 @@ class AblateDirection:
         proj = jnp.einsum("btd,d->bt", x.astype(jnp.float32), r)[..., None] * r
         gate = _position_gate(ctx, self.min_position) & self.layer_mask[layer]
         return jnp.where(gate, x - proj.astype(x.dtype), x)
+
+    def rows(self, start, size):
+        return self.replace(min_position=_rows_if(self.min_position, 1, start, size))
+
+    def n_rows(self):
+        return _count_if(self.min_position, 1)
 
 
 def ablate_direction(direction: jax.Array, n_layers: int, layers=None, min_position=0):
@@ -121,6 +128,28 @@ class ClampFeatures:
                 lambda xb, vb, gb: _sparse_delta(sae_l, xb, idx, lambda f: new_fn(f, vb), gb)
             )(x, value, gmask)
         return x + (delta / _decoder_scale(sae_l)).astype(x.dtype)
+
+    # Batch-axis fields: per-sample features [B, L, K], values [L, B, T, K], min_position [B].
+    def rows(self, start, size):
+        fs = self.features
+        if fs.per_sample:
+            fs = FeatureSet(take_rows(fs.idx, start, size), take_rows(fs.mask, start, size))
+        return self.replace(
+            features=fs,
+            value=_rows_if(self.value, 4, start, size, axis=1),
+            min_position=_rows_if(self.min_position, 1, start, size),
+        )
+
+    def n_rows(self):
+        fs = self.features
+        return _agree(
+            (
+                int(fs.idx.shape[0]) if fs.per_sample else None,
+                _count_if(self.value, 4, axis=1),
+                _count_if(self.min_position, 1),
+            ),
+            "ClampFeatures",
+        )
 
 
 def _per_layer_value(value, n_layers):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from refusal_jax.model import generate
+from refusal_jax.patches import check_patch_rows, patch_rows
 
 
 def chat_texts(tokenizer, instructions: Sequence[str]) -> list[str]:
@@ -64,9 +65,13 @@ def generate_tokens(
     (tokens [N, max_new_tokens], lengths [N])."""
     from refusal_jax.direction import batches
 
+    check_patch_rows(patch, len(ids))
     toks, lens = [], []
-    for b_ids, b_mask, n in batches(ids, mask, batch_size):
-        out = generate(params, cfg, b_ids, b_mask, max_new_tokens=max_new_tokens, patch=patch, **kw)
+    for i, (b_ids, b_mask, n) in enumerate(batches(ids, mask, batch_size)):
+        b_patch = patch_rows(patch, i * batch_size, batch_size)
+        out = generate(
+            params, cfg, b_ids, b_mask, max_new_tokens=max_new_tokens, patch=b_patch, **kw
+        )
         toks.append(np.asarray(out.tokens)[:n])
         lens.append(np.asarray(out.lengths)[:n])
     return np.concatenate(toks), np.concatenate(lens)

@@ -167,6 +167,37 @@ def test_per_sample_feature_sets(params, saes):
         np.testing.assert_allclose(out.logits[b], ref.logits[b], atol=1e-5)
 
 
+def test_per_sample_patches_in_batched_helpers(params, saes):
+    """Per-sample patches built for N prompts give the same results through the fixed-size
+    batch helpers (any batch_size) as one batch holding all N; a wrong count is an error."""
+    from refusal_jax.capability import masked_ce
+    from refusal_jax.direction import first_token_refuses
+    from refusal_jax.prompts import generate_tokens
+
+    ids, mask = _batch(seed=3, pads=(0, 2, 4, 1, 3))
+    sets = [[(1, 2)], [(0, 4), (2, 9)], [], [(2, 5), (2, 6), (0, 1)], [(1, 7)]]
+    per = clamp_features(saes, per_sample_feature_set(sets, CFG.n_layers, D_SAE), -2.0)
+    ablate = ablate_direction(jnp.ones((CFG.d_model,)), CFG.n_layers, min_position=[0, 3, 5, 1, 2])
+    patch = Compose((ablate, PromptOnly(per)))
+    full = generate(params, CFG, ids, mask, max_new_tokens=5, patch=patch)
+    toks, lens = generate_tokens(
+        params, CFG, ids, mask, batch_size=2, max_new_tokens=5, patch=patch
+    )
+    np.testing.assert_array_equal(toks, np.asarray(full.tokens))
+    np.testing.assert_array_equal(lens, np.asarray(full.lengths))
+    first = first_token_refuses(params, CFG, ids, mask, [int(full.tokens[1, 0])], patch, 2)
+    np.testing.assert_array_equal(first, np.asarray(full.tokens[:, 0]) == int(full.tokens[1, 0]))
+    target = np.asarray(mask)
+    ce_small = masked_ce(params, CFG, ids, mask, target, patch, batch_size=2)
+    ce_full = masked_ce(params, CFG, ids, mask, target, patch, batch_size=5)
+    assert ce_small == pytest.approx(ce_full, rel=1e-5)
+    with pytest.raises(ValueError, match="built for 5 prompts applied to a set of 3"):
+        generate_tokens(params, CFG, ids[:3], mask[:3], batch_size=2, patch=patch)
+    bad = Compose((ablate, clamp_features(saes, per_sample_feature_set(sets[:2], 3, D_SAE), 0.0)))
+    with pytest.raises(ValueError, match="disagree on the number of prompts"):
+        generate_tokens(params, CFG, ids, mask, batch_size=2, patch=bad)
+
+
 def test_clamping_to_current_values_is_identity_and_retain_holds(params, saes):
     ids, mask = _batch()
     fs = feature_set([(0, 1), (1, 2), (2, 3)], CFG.n_layers, D_SAE)
