@@ -57,6 +57,7 @@ def run_demo(args) -> dict:
         best_layer=args.best_layer,
         n_steps=args.n_steps,
         n_features=args.n_features,
+        n_candidates=subject.n_candidates if args.n_candidates is None else args.n_candidates,
         clamp_value=subject.clamp_value if args.clamp_value is None else args.clamp_value,
         compliance_prefixes=subject.compliance_prefixes,
         skip_positions=subject.skip_positions,
@@ -83,11 +84,17 @@ def add_demo_arguments(p) -> None:
     p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
     p.add_argument("--n-features", type=int, default=20)
     p.add_argument(
+        "--n-candidates",
+        type=int,
+        default=None,
+        help="F0 size per layer (default: the paper's 10; 40 on the organism)",
+    )
+    p.add_argument(
         "--clamp-value",
         type=float,
         default=None,
-        help="multiply clamp factor (default: -3, the paper's Gemma value; 0 on the "
-        "organism, whose fluency a negative factor destroys)",
+        help="multiply clamp factor (default: -3, the paper's Gemma value; -1 on the organism, "
+        "chosen on its validation split by experiments/calibrate.py)",
     )
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

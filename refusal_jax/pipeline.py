@@ -75,11 +75,22 @@ class PromptData:
                 raise ValueError(f"PromptData.{name} is empty")
 
 
-def _refusal_token(tokenizer) -> int:
+def refusal_token(tokenizer) -> int:
+    """The paper's refusal token: the first token of "I"."""
     ids = tokenizer("I", add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError("the tokenizer encodes 'I' to no token")
     return int(ids[0])
+
+
+def judge_responses(texts, compliance_prefixes=None) -> tuple[np.ndarray, np.ndarray]:
+    """Substring judge per response: (refused [N] bool, jailbroken [N] bool). A response is
+    jailbroken when it is no refusal and, if ``compliance_prefixes`` are given, opens with one."""
+    refused = np.array([is_refusal(t) for t in texts], bool)
+    complied = ~refused
+    if compliance_prefixes:
+        complied &= np.array([t.strip().startswith(tuple(compliance_prefixes)) for t in texts])
+    return refused, complied
 
 
 def choose_best_layer(
@@ -105,10 +116,11 @@ def choose_best_layer(
     return int(np.nanargmin(rates)), rates
 
 
-def _accumulate_attributions(
+def accumulate_attributions(
     params, cfg, saes, ids, mask, direction, refusal_token, pc, progress
 ) -> np.ndarray:
-    """Position-mean LA-IG attributions for every prompt: [L, N, d_sae]."""
+    """Position-mean LA-IG attributions for every prompt: [L, N, d_sae] (batches of
+    ``pc.laig_batch_size``, ``pc.n_steps`` alpha steps, ``pc.skip_positions`` skipped)."""
     chunks = []
     steps = list(batches(ids, mask, pc.laig_batch_size))
     for b_ids, b_mask, n in tqdm(steps, desc="LA-IG", disable=not progress, leave=False):
@@ -143,7 +155,7 @@ def run_pipeline(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     enc = lambda xs: encode_prompts(tokenizer, xs, max_length=cfg.max_position_embeddings)
-    refusal_tok = _refusal_token(tokenizer)
+    refusal_tok = refusal_token(tokenizer)
     bar = tqdm(total=6 + len(METHODS), desc="pipeline", disable=not progress)
 
     def stage(msg):
@@ -184,7 +196,7 @@ def run_pipeline(
     stage(f"direction (layer {best})")
 
     # 3. LA-IG over the (filtered) harmful training prompts.
-    attr = _accumulate_attributions(
+    attr = accumulate_attributions(
         params, cfg, saes, harm_ids, harm_mask, r_best, refusal_tok, pc, progress
     )
     stage("LA-IG")
@@ -229,11 +241,7 @@ def run_pipeline(
         harm_text = decode_responses(tokenizer, *gen(test_h, patch))
         safe_tokens = base_s_tokens if patch is None else gen(test_s, patch)
         safe_text = decode_responses(tokenizer, *safe_tokens)
-        refused_h = np.array([is_refusal(t) for t in harm_text])
-        complied = ~refused_h
-        if pc.compliance_prefixes:
-            opens = np.array([t.strip().startswith(pc.compliance_prefixes) for t in harm_text])
-            complied &= opens
+        refused_h, complied = judge_responses(harm_text, pc.compliance_prefixes)
         ce = (
             base_ce
             if patch is None
@@ -340,4 +348,13 @@ def plot_report(report: dict, out_dir: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["METHODS", "PipelineConfig", "PromptData", "choose_best_layer", "run_pipeline"]
+__all__ = [
+    "METHODS",
+    "PipelineConfig",
+    "PromptData",
+    "accumulate_attributions",
+    "choose_best_layer",
+    "judge_responses",
+    "refusal_token",
+    "run_pipeline",
+]

@@ -1,0 +1,167 @@
+"""Choose the clamp factor c and the F0 size (candidates per layer) on a validation split.
+
+The paper fixes c per model (-3 Gemma-2-2B, -1 Llama-3.1-8B) and F0 at 10 decoder rows per
+layer. A new model (or the organism) needs its own values, chosen on prompts that the held-out
+evaluation never sees: this script builds the direction and LA-IG attributions from training
+prompts, selects F* for every F0 size, clamps with every c and reports, on *validation* prompts,
+the jailbreak rate, the harmful refusal rate and the harmless refusal rate. The selected pair
+maximises jailbreak minus harmless refusal.
+
+    python experiments/calibrate.py                      # the organism (val split of its corpus)
+    python experiments/calibrate.py --model-dir M --sae-dir S --data-dir D   # harmful_val etc.
+
+Writes ``results.json`` ({"grid": [{"n_candidates", "clamp_value", "jailbreak_rate",
+"harmful_refusal_rate", "harmless_refusal_rate"}], "best": {...}, "best_layer", "subject"}) and
+``calibration.png`` into the run folder. The organism's defaults (refusal_jax.runs.ORGANISM_METHOD)
+come from this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from refusal_jax.direction import refusal_directions
+from refusal_jax.interventions import clamp_features
+from refusal_jax.pipeline import (
+    PipelineConfig,
+    accumulate_attributions,
+    choose_best_layer,
+    judge_responses,
+    refusal_token,
+)
+from refusal_jax.prompts import decode_responses, encode_prompts, generate_tokens
+from refusal_jax.runs import (
+    add_run_arguments,
+    add_subject_arguments,
+    load_subject,
+    run_folder,
+    write_json_atomic,
+)
+from refusal_jax.selection import candidate_features, select_features
+
+
+def _prompts(subject, args):
+    if subject.organism:
+        from refusal_jax.organism.corpus import build_corpus
+
+        corpus, rng = build_corpus(seed=0), random.Random(args.seed)
+
+        def pick(split, harmful, n):
+            xs = corpus.prompts(split, harmful=harmful, wrapped=False)
+            return rng.sample(xs, min(n, len(xs)))
+
+        return (
+            pick("train", True, args.n_train),
+            pick("train", False, args.n_train),
+            pick("val", True, args.n_val),
+            pick("val", False, args.n_val),
+        )
+    from refusal_jax import data
+
+    return (
+        data.split(args.data_dir, "harmful_train", args.n_train),
+        data.split(args.data_dir, "harmless_train", args.n_train),
+        data.split(args.data_dir, "harmful_val", args.n_val),
+        data.split(args.data_dir, "harmless_val", args.n_val),
+    )
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_subject_arguments(p)
+    add_run_arguments(p)
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-val", type=int, default=96)
+    p.add_argument("--n-features", type=int, default=20)
+    p.add_argument("--clamp-values", default="0,-0.5,-1,-2,-3")
+    p.add_argument("--candidates", default="10,20,40,80", help="F0 sizes per layer")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    args = p.parse_args(argv)
+    subject = load_subject(args)
+    params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
+    out = run_folder(args, "calibrate")
+    h_train, s_train, h_val, s_val = _prompts(subject, args)
+    enc = lambda xs: encode_prompts(tok, xs, max_length=cfg.max_position_embeddings)
+    rt = refusal_token(tok)
+    h, s, hv, sv = enc(h_train), enc(s_train), enc(h_val), enc(s_val)
+    directions = refusal_directions(params, cfg, h, s)[0]
+    best, _ = choose_best_layer(params, cfg, directions, *h, rt)
+    pc = PipelineConfig(skip_positions=subject.skip_positions)
+    attr = accumulate_attributions(
+        params, cfg, saes, *h, directions[best], rt, pc, progress=not args.quiet
+    )
+    clamps = [float(c) for c in args.clamp_values.split(",")]
+    sizes = [int(k) for k in args.candidates.split(",")]
+    gen = lambda ids_mask, patch: decode_responses(
+        tok,
+        *generate_tokens(params, cfg, *ids_mask, max_new_tokens=args.max_new_tokens, patch=patch),
+    )
+    grid = []
+    bar = tqdm(total=len(clamps) * len(sizes), desc="calibrate", disable=args.quiet)
+    for k in sizes:
+        fs = select_features(
+            attr, args.n_features, candidates=candidate_features(saes, directions[best], k=k)
+        )
+        for c in clamps:
+            patch = clamp_features(saes, fs, c)
+            refused, complied = judge_responses(gen(hv, patch), subject.compliance_prefixes)
+            harmless_refused, _ = judge_responses(gen(sv, patch))
+            grid.append(
+                {
+                    "n_candidates": k,
+                    "clamp_value": c,
+                    "jailbreak_rate": float(complied.mean()),
+                    "harmful_refusal_rate": float(refused.mean()),
+                    "harmless_refusal_rate": float(harmless_refused.mean()),
+                }
+            )
+            bar.update(1)
+    bar.close()
+    best_cell = max(grid, key=lambda g: g["jailbreak_rate"] - g["harmless_refusal_rate"])
+    results = {
+        "subject": subject.describe(),
+        "best_layer": best,
+        "n_val": [len(h_val), len(s_val)],
+        "grid": grid,
+        "best": best_cell,
+    }
+    write_json_atomic(out / "results.json", results)
+    _plot(grid, sizes, clamps, out / "calibration.png")
+    print(
+        f"best: F0 {best_cell['n_candidates']} per layer, c = {best_cell['clamp_value']}: "
+        f"jailbreak {best_cell['jailbreak_rate']:.2f}, harmless refusal "
+        f"{best_cell['harmless_refusal_rate']:.2f} (validation)"
+    )
+    print(f"run folder: {out}")
+    return results
+
+
+def _plot(grid, sizes, clamps, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.array([[g["jailbreak_rate"] for g in grid if g["n_candidates"] == k] for k in sizes])
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(clamps)), [f"{c:g}" for c in clamps])
+    ax.set_yticks(range(len(sizes)), [str(k) for k in sizes])
+    ax.set_xlabel("clamp factor c")
+    ax.set_ylabel("F0 per layer")
+    for i in range(len(sizes)):
+        for j in range(len(clamps)):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+    fig.colorbar(im, label="jailbreak rate (validation)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
