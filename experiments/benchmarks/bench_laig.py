@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +39,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import machine_info, peak_rss_mb, timed  # noqa: E402
+
 HEADING = "## LA-IG (issue 4)"
 
 MODEL = dict(
@@ -98,19 +99,6 @@ def position_mean(per_token, mask, skip=1):
     return np.einsum("lbts,bt->lbs", per_token, w) / np.maximum(w.sum(-1), 1.0)[None, :, None]
 
 
-def _timed(fn, runs: int):
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 # ----------------------------------------------------------------------------- prepare
 def prepare(folder: Path, args) -> dict:
     """Save the random HF model; per-layer thresholds from its residual-stream norms."""
@@ -164,7 +152,7 @@ def run_jax(folder: Path, meta: dict, args) -> dict:
     t0 = time.perf_counter()
     attr = laig()
     compile_s = time.perf_counter() - t0
-    laig_s, laig_times = _timed(laig, args.runs)
+    laig_s, laig_times = timed(laig, args.runs)
     np.save(folder / "attr_jax.npy", np.asarray(attr))
     out = forward(params, cfg, ids, mask, return_residuals=True)
     f = jax.vmap(sae_lib.encode)(saes, out.resid_post)
@@ -173,7 +161,7 @@ def run_jax(folder: Path, meta: dict, args) -> dict:
 
     fwd = lambda: jax.block_until_ready(forward(params, cfg, ids, mask).logits)  # noqa: E731
     fwd()
-    fwd_s, _ = _timed(fwd, 5)
+    fwd_s, _ = timed(fwd, 5)
 
     rng = np.random.default_rng(3)
     pairs = [
@@ -233,7 +221,7 @@ def run_jax(folder: Path, meta: dict, args) -> dict:
         "gen_plain_s": statistics.median(gen_times["plain"]),
         "gen_clamp_s": statistics.median(gen_times["clamp"]),
         "gen_compact_s": statistics.median(gen_times["compact"]),
-        "peak_mb": _peak_mb(),
+        "peak_mb": peak_rss_mb(),
         "backend": f"jax {jax.__version__} {jax.devices()[0].platform}",
     }
 
@@ -273,7 +261,7 @@ def run_torch(folder: Path, meta: dict, args) -> dict:
     return {
         "laig_s": statistics.median(times),
         "laig_times": times,
-        "peak_mb": _peak_mb(),
+        "peak_mb": peak_rss_mb(),
         "backend": f"torch {torch.__version__}, {torch.get_num_threads()} threads",
     }
 
@@ -285,20 +273,6 @@ def _subprocess(side: str, folder: Path, args) -> dict:
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def machine_info() -> str:
-    def sh(c):
-        return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
-
-    return "\n".join(
-        [
-            f"date: {sh('date')}",
-            f"nproc: {sh('nproc')}",
-            sh("lscpu | grep 'Model name'"),
-            f"python {platform.python_version()}",
-        ]
-    )
 
 
 def report(meta, jx, pt, err, args) -> str:

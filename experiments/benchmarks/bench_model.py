@@ -27,7 +27,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import peak_rss_mb, timed  # noqa: E402
+
 HEADING = "## Model forward and generation (issue 2)"
 
 MODEL = dict(
@@ -69,19 +71,6 @@ def inputs(seed: int = 0) -> dict[str, np.ndarray]:
     return {"ids": ids, "ones": np.ones_like(ids), "prompt": prompt, "prompt_mask": mask}
 
 
-def _median_time(fn, runs: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 # ----------------------------------------------------------------------------- sides
 def run_jax(model_dir: Path, out_dir: Path, runs: int) -> dict:
     import jax
@@ -94,7 +83,7 @@ def run_jax(model_dir: Path, out_dir: Path, runs: int) -> dict:
     cfg, params = load_hf(model_dir)
     res = {"side": "jax", "jax": jax.__version__, "device": str(jax.devices()[0])}
     res["params_m"] = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params)) / 1e6
-    res["rss_after_load_mb"] = _rss_mb()
+    res["rss_after_load_mb"] = peak_rss_mb()
     ids, ones = jnp.asarray(x["ids"], jnp.int32), jnp.asarray(x["ones"], jnp.int32)
 
     def fwd():
@@ -103,7 +92,7 @@ def run_jax(model_dir: Path, out_dir: Path, runs: int) -> dict:
     t0 = time.perf_counter()
     logits = fwd()
     res["forward_compile_s"] = time.perf_counter() - t0
-    res["forward_s"], res["forward_runs"] = _median_time(fwd, runs)
+    res["forward_s"], res["forward_runs"] = timed(fwd, runs)
     np.save(out_dir / "jax_last_logits.npy", np.asarray(logits[:, -1]))
 
     prompt = jnp.asarray(x["prompt"], jnp.int32)
@@ -116,9 +105,9 @@ def run_jax(model_dir: Path, out_dir: Path, runs: int) -> dict:
     t0 = time.perf_counter()
     tokens = gen()
     res["generate_compile_s"] = time.perf_counter() - t0
-    res["generate_s"], res["generate_runs"] = _median_time(gen, runs)
+    res["generate_s"], res["generate_runs"] = timed(gen, runs)
     np.save(out_dir / "jax_tokens.npy", np.asarray(tokens))
-    res["peak_rss_mb"] = _rss_mb()
+    res["peak_rss_mb"] = peak_rss_mb()
     return res
 
 
@@ -137,7 +126,7 @@ def run_torch(model_dir: Path, out_dir: Path, runs: int, attn: str) -> dict:
         res["error"] = f"{type(e).__name__}: {str(e).split('. ')[0]}"
         return res
     res["attn_implementation"] = model.config._attn_implementation
-    res["rss_after_load_mb"] = _rss_mb()
+    res["rss_after_load_mb"] = peak_rss_mb()
     ids, ones = torch.as_tensor(x["ids"]), torch.as_tensor(x["ones"])
     prompt, pmask = torch.as_tensor(x["prompt"]), torch.as_tensor(x["prompt_mask"])
 
@@ -149,7 +138,7 @@ def run_torch(model_dir: Path, out_dir: Path, runs: int, attn: str) -> dict:
         t0 = time.perf_counter()
         logits = fwd()
         res["forward_warmup_s"] = time.perf_counter() - t0
-        res["forward_s"], res["forward_runs"] = _median_time(fwd, runs)
+        res["forward_s"], res["forward_runs"] = timed(fwd, runs)
         np.save(out_dir / f"torch_{attn}_last_logits.npy", logits[:, -1].float().numpy())
 
         def gen():
@@ -167,9 +156,9 @@ def run_torch(model_dir: Path, out_dir: Path, runs: int, attn: str) -> dict:
         t0 = time.perf_counter()
         tokens = gen()
         res["generate_warmup_s"] = time.perf_counter() - t0
-        res["generate_s"], res["generate_runs"] = _median_time(gen, runs)
+        res["generate_s"], res["generate_runs"] = timed(gen, runs)
     np.save(out_dir / f"torch_{attn}_tokens.npy", tokens[:, SEQ:].numpy())
-    res["peak_rss_mb"] = _rss_mb()
+    res["peak_rss_mb"] = peak_rss_mb()
     return res
 
 
