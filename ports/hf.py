@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -90,31 +91,48 @@ class _Reader:
         return np.asarray(arr, dtype=dtype)
 
 
-def load_hf_params(folder, cfg: ModelConfig, dtype=jnp.float32) -> dict:
-    """Read the safetensors of an HF folder into our parameter pytree (numpy -> jax)."""
+def load_hf_params(folder, cfg: ModelConfig, dtype=jnp.float32, mesh=None) -> dict:
+    """Read the safetensors of an HF folder into our parameter pytree (numpy -> jax).
+
+    With a ``mesh`` (:func:`refusal_jax.sharding.make_mesh`) every tensor goes straight to its
+    shards as it is read (:func:`refusal_jax.sharding.param_specs`), so no device ever holds the
+    whole model."""
     folder = Path(folder)
+    if mesh is None:
+        place = {"layers": {}}
+        put = lambda key, a, sub=None: jnp.asarray(a)
+    else:
+        from refusal_jax.sharding import param_shardings
+
+        place = param_shardings(cfg, mesh)
+        put = lambda key, a, sub=None: jax.device_put(
+            a, place["layers"][sub] if key == "layers" else place[key]
+        )
     np_dtype = np.dtype(jnp.dtype(dtype))
     shapes = param_shapes(cfg)
     r = _Reader(folder)
     params = {
-        "embed": r.get("model.embed_tokens.weight", shapes["embed"], False, np_dtype),
-        "final_norm": r.get("model.norm.weight", shapes["final_norm"], False, np_dtype),
+        "embed": put("embed", r.get("model.embed_tokens.weight", shapes["embed"], False, np_dtype)),
+        "final_norm": put(
+            "final_norm", r.get("model.norm.weight", shapes["final_norm"], False, np_dtype)
+        ),
     }
     if not cfg.tie_embeddings:
-        params["lm_head"] = r.get("lm_head.weight", shapes["lm_head"], True, np_dtype)
+        params["lm_head"] = put(
+            "lm_head", r.get("lm_head.weight", shapes["lm_head"], True, np_dtype)
+        )
     layers = {}
     for key, (suffix, transpose) in layer_key_map(cfg).items():
         per_layer_shape = shapes["layers"][key][1:]
-        layers[key] = jnp.asarray(
-            np.stack(
-                [
-                    r.get(f"model.layers.{i}.{suffix}", per_layer_shape, transpose, np_dtype)
-                    for i in range(cfg.n_layers)
-                ]
-            )
+        stacked = np.stack(
+            [
+                r.get(f"model.layers.{i}.{suffix}", per_layer_shape, transpose, np_dtype)
+                for i in range(cfg.n_layers)
+            ]
         )
+        layers[key] = put("layers", stacked, key)
+        del stacked
     params["layers"] = layers
-    params = {k: (jnp.asarray(v) if k != "layers" else v) for k, v in params.items()}
     ignorable = ("rotary_emb.inv_freq", "lm_head.weight")
     unused = [n for n in r.index if n not in r.used and not n.endswith(ignorable)]
     if unused:
@@ -132,10 +150,11 @@ def read_hf_config(folder) -> tuple[ModelConfig, dict]:
     return config_from_hf(hf), hf
 
 
-def load_hf(folder, dtype=jnp.float32) -> tuple[ModelConfig, dict]:
-    """Load an HF folder: returns ``(cfg, params)`` in ``dtype`` (float32 or bfloat16)."""
+def load_hf(folder, dtype=jnp.float32, mesh=None) -> tuple[ModelConfig, dict]:
+    """Load an HF folder: returns ``(cfg, params)`` in ``dtype`` (float32 or bfloat16); with a
+    ``mesh``, sharded over it as it loads (see :func:`load_hf_params`)."""
     cfg, _ = read_hf_config(folder)
-    return cfg, load_hf_params(folder, cfg, dtype)
+    return cfg, load_hf_params(folder, cfg, dtype, mesh)
 
 
 def to_hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:

@@ -59,15 +59,29 @@ def save_model(folder, cfg: ModelConfig, params, tokenizer_dir=None) -> None:
                 shutil.copy(src, folder / name)
 
 
-def load_model(folder) -> tuple[ModelConfig, dict]:
-    """Load a converted model: an orbax folder from ``ports.hf``, or an HF folder directly."""
+def load_model(folder, mesh=None) -> tuple[ModelConfig, dict]:
+    """Load a converted model: an orbax folder from ``ports.hf``, or an HF folder directly.
+
+    With a ``mesh`` (:func:`refusal_jax.sharding.make_mesh`) orbax restores every array straight
+    onto its shards (:func:`refusal_jax.sharding.param_specs`)."""
     folder = Path(folder)
     if (folder / CONFIG_NAME).exists():
         cfg = ModelConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
-        params = load_pytree(folder / "params")
-        return cfg, jax.tree.map(jax.numpy.asarray, params)
+        if mesh is None:
+            return cfg, jax.tree.map(jax.numpy.asarray, load_pytree(folder / "params"))
+        from refusal_jax.sharding import param_shardings
+
+        with ocp.StandardCheckpointer() as ckptr:
+            meta = ckptr.metadata(Path(folder / "params").absolute())
+        meta = getattr(meta, "item_metadata", meta)
+        abstract = jax.tree.map(
+            lambda sh, m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sh),
+            param_shardings(cfg, mesh),
+            dict(meta),
+        )
+        return cfg, load_pytree(folder / "params", abstract)
     if (folder / "config.json").exists():
         from ports.hf import load_hf
 
-        return load_hf(folder)
+        return load_hf(folder, mesh=mesh)
     raise FileNotFoundError(f"{folder}: neither a converted model ({CONFIG_NAME}) nor an HF folder")

@@ -111,7 +111,7 @@ def refusal_metric(logits, jailbreak_token, refusal_token):
     return jnp.sum(jb - last[:, refusal_token])
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "error_mode", "alpha_batch"))
+@functools.partial(jax.jit, static_argnames=("cfg", "error_mode", "alpha_batch", "remat"))
 def la_ig_fn(
     params,
     cfg,
@@ -123,6 +123,7 @@ def la_ig_fn(
     alphas,
     error_mode="paper",
     alpha_batch=None,
+    remat=False,
 ) -> LAIGResult:
     """Jitted core of :func:`la_ig` (``jailbreak_token`` < 0 means per-sample argmax)."""
     jb_given = jnp.asarray(jailbreak_token, jnp.int32)
@@ -136,7 +137,9 @@ def la_ig_fn(
     def at_alpha(alpha):
         def metric(delta):
             patch = Interpolate(alpha, x_patch, delta)
-            out = forward_fn(params, cfg, ids, mask, patch=patch, last_logits_only=True)
+            out = forward_fn(
+                params, cfg, ids, mask, patch=patch, last_logits_only=True, remat=remat
+            )
             return refusal_metric(out.logits, jb, runs.refusal_token)
 
         return jax.value_and_grad(metric)(jnp.zeros_like(x_patch))
@@ -158,11 +161,14 @@ def la_ig(
     alpha_rule: str = "left",
     error_mode: str = "paper",
     alpha_batch: int | None = None,
+    remat: bool = False,
 ) -> LAIGResult:
     """LA-IG gradients for a batch of left-padded prompts.
 
     direction [D]: the refusal direction (ablated at every layer in the patched run).
-    ``alpha_batch``: how many alpha steps run at once (None: all, one vmapped batch).
+    ``alpha_batch``: how many alpha steps run at once (None: all, one vmapped batch); fewer
+    steps at once and ``remat=True`` (layers recomputed in the backward pass) both cut peak
+    memory on long prompts, at some cost in time.
     Feature attributions come from :func:`feature_attributions`.
     """
     ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
@@ -179,6 +185,7 @@ def la_ig(
         alphas,
         error_mode,
         alpha_batch,
+        remat,
     )
 
 
@@ -209,8 +216,9 @@ def feature_attributions(result: LAIGResult, saes, weights, per_token: bool = Fa
     def one_layer(args):
         layer, x_c, x_a, g = args
         sae_l = sae_lib.sae_layer(saes, layer)
-        df = sae_lib.encode(sae_l, x_a) - sae_lib.encode(sae_l, x_c)
-        a = df * _decoder_grad(sae_l, g)
+        # float32 accumulation whatever the compute dtype (bf16 models)
+        df = (sae_lib.encode(sae_l, x_a) - sae_lib.encode(sae_l, x_c)).astype(jnp.float32)
+        a = df * _decoder_grad(sae_l, g).astype(jnp.float32)
         if per_token:
             return a
         return jnp.einsum("btf,bt->bf", a, weights) / denom

@@ -220,9 +220,23 @@ class ForwardOutput(NamedTuple):
 
 
 def _run_layers(
-    params, cfg, x, cos, sin, patch, ctx, attend_for_layer, layer_xs, with_unpatched=False
+    params,
+    cfg,
+    x,
+    cos,
+    sin,
+    patch,
+    ctx,
+    attend_for_layer,
+    layer_xs,
+    with_unpatched=False,
+    remat=False,
 ):
-    """Scan the stacked layers; returns final residual, stacked resid_post, stacked (k, v)."""
+    """Scan the stacked layers; returns final residual, stacked resid_post, stacked (k, v).
+
+    ``remat``: rematerialise each layer in the backward pass (``jax.checkpoint`` on the scan
+    body): autodiff then keeps only the residual stream between layers, not every layer's
+    attention scores and MLP activations."""
     sliding = jnp.asarray(cfg.layer_is_sliding)
 
     def step(h, xs):
@@ -231,6 +245,8 @@ def _run_layers(
         h = patch(unpatched, idx, ctx)
         return h, (h, unpatched, kv) if with_unpatched else (h, kv)
 
+    if remat:
+        step = jax.checkpoint(step, prevent_cse=False)
     xs = (params["layers"], jnp.arange(cfg.n_layers, dtype=jnp.int32), sliding, layer_xs)
     return jax.lax.scan(step, x, xs)
 
@@ -245,12 +261,14 @@ def forward_fn(
     return_residuals: bool = False,
     return_kv: bool = False,
     last_logits_only: bool = False,
+    remat: bool = False,
 ) -> ForwardOutput:
     """Un-jitted forward pass (use :func:`forward`, or call this inside your own jit/grad).
 
     input_ids [B, T] int, attention_mask [B, T] (1 = token, 0 = left padding). ``patch`` is applied
     to resid_post of every layer inside the scan. With ``return_residuals`` the residual stream
     before (resid_pre) and after (resid_post, patched) every layer comes back in the same pass.
+    ``remat`` trades compute for memory under autodiff (see :func:`_run_layers`).
     """
     patch = Identity() if patch is None else patch
     if attention_mask is None:
@@ -279,6 +297,7 @@ def forward_fn(
         attend_for_layer,
         None,
         with_unpatched=return_residuals,
+        remat=remat,
     )
     logits = unembed(params, cfg, h[:, -1:] if last_logits_only else h)
     if not return_residuals:
