@@ -323,34 +323,11 @@ class GenerateOutput:
     lengths: jax.Array
 
 
-def _attend_cached(cfg, q, ck, cv, k_new, v_new, mask_old):
-    """Attention of one new token over cached keys plus itself.
-
-    q [B,1,H,Dh]; ck/cv [B,Hkv,S,Dh] (head-major cache, the current slot not yet written);
-    k_new/v_new [B,1,Hkv,Dh]; mask_old [B,1,S] bool over the cached slots.
-    """
-    B, _, H, Dh = q.shape
-    g = H // cfg.n_kv_heads
-    q = q.reshape(B, cfg.n_kv_heads, g, Dh)
-    old = jnp.einsum("bkgd,bksd->bkgs", q, ck, preferred_element_type=jnp.float32)
-    new = jnp.einsum("bkgd,bkd->bkg", q, k_new[:, 0], preferred_element_type=jnp.float32)
-    scores = jnp.concatenate([old, new[..., None]], axis=-1) * cfg.attn_scale
-    if cfg.attn_softcap:
-        scores = jnp.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
-    allowed = jnp.concatenate([mask_old[:, 0], jnp.ones((B, 1), bool)], axis=-1)
-    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cv.dtype)
-    out = jnp.einsum("bkgs,bksd->bkgd", probs[..., :-1], cv)
-    out = out + probs[..., -1:] * v_new[:, 0, :, None, :]
-    return out.reshape(B, 1, H * Dh)
-
-
 def _decode_step(params, cfg, token, pos, cache, key_valid, key_pos, slot_idx, patch):
     """One new token per sequence against a KV cache of S slots.
 
-    token/pos [B]; cache (k, v) [L,B,Hkv,S,Dh]; key_valid/key_pos [B,S] describe the slots
-    already written; slot_idx scalar: where this token's keys go. The cache is carried through
-    the layer scan and updated in place. Returns logits [B,V] and the updated cache.
+    token/pos [B]; cache (k, v) [L,B,S,Hkv,Dh]; key_valid/key_pos [B,S]; slot_idx scalar.
+    Returns logits [B,V] and the updated cache.
     """
     B = token.shape[0]
     S = key_valid.shape[1]
@@ -363,21 +340,23 @@ def _decode_step(params, cfg, token, pos, cache, key_valid, key_pos, slot_idx, p
         positions=pos[:, None], token_mask=jnp.ones((B, 1), bool), is_prompt=jnp.bool_(False)
     )
 
-    def step(carry, xs):
-        h, ck, cv = carry
-        lp, idx, is_sliding = xs
-        mask = jnp.where(is_sliding, sliding, full)
-        attend = lambda q, k, v: _attend_cached(cfg, q, ck[idx], cv[idx], k, v, mask)
-        h, (k, v) = _block(cfg, lp, h, cos, sin, attend)
-        h = patch(h, idx, ctx)
-        start = (idx, 0, 0, slot_idx, 0)
-        ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 1, 3)[None].astype(ck.dtype), start)
-        cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3)[None].astype(cv.dtype), start)
-        return (h, ck, cv), None
+    def attend_for_layer(is_sliding, layer_cache):
+        ck, cv = layer_cache
+        m = jnp.where(is_sliding, sliding, full)
 
-    layers = jnp.arange(cfg.n_layers, dtype=jnp.int32)
-    xs = (params["layers"], layers, jnp.asarray(cfg.layer_is_sliding))
-    (h, ck, cv), _ = jax.lax.scan(step, (x, *cache), xs)
+        def attend(q, k, v):
+            k_all = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), slot_idx, axis=1)
+            v_all = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), slot_idx, axis=1)
+            return _attend(cfg, q, k_all, v_all, m)
+
+        return attend
+
+    h, (_, (k_new, v_new)) = _run_layers(
+        params, cfg, x, cos, sin, patch, ctx, attend_for_layer, cache
+    )
+    ck, cv = cache
+    ck = jax.lax.dynamic_update_slice_in_dim(ck, k_new.astype(ck.dtype), slot_idx, axis=2)
+    cv = jax.lax.dynamic_update_slice_in_dim(cv, v_new.astype(cv.dtype), slot_idx, axis=2)
     return unembed(params, cfg, h)[:, 0], (ck, cv)
 
 
@@ -399,9 +378,9 @@ def _generate(
     out = forward_fn(
         params, cfg, input_ids, attention_mask, patch, return_kv=True, last_logits_only=True
     )
-    # Head-major cache [L, B, Hkv, S, Dh] with S = prompt + new tokens.
-    pad = [(0, 0), (0, 0), (0, 0), (0, max_new_tokens), (0, 0)]
-    cache = tuple(jnp.pad(c.transpose(0, 1, 3, 2, 4), pad) for c in out.kv)
+    k, v = out.kv
+    pad = [(0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0)]
+    cache = (jnp.pad(k, pad), jnp.pad(v, pad))
     mask = attention_mask.astype(bool)
     key_valid = jnp.concatenate([mask, jnp.zeros((B, max_new_tokens), bool)], axis=1)
     prompt_pos = positions_from_mask(attention_mask)
@@ -423,11 +402,11 @@ def _generate(
         i, tokens, lengths, done, cache, key_valid, key_pos, pos = state
         slot = T + i - 1
         prev = tokens[:, i - 1]
+        key_valid = key_valid.at[:, slot].set(True)
+        key_pos = key_pos.at[:, slot].set(pos)
         logits, cache = _decode_step(
             params, cfg, prev, pos, cache, key_valid, key_pos, slot, step_patch
         )
-        key_valid = key_valid.at[:, slot].set(True)
-        key_pos = key_pos.at[:, slot].set(pos)
         nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         nxt = jnp.where(done, pad_token_id, nxt)
         tokens = tokens.at[:, i].set(nxt)
