@@ -139,32 +139,34 @@ def accumulate_attributions(
     return np.concatenate(chunks, axis=1)
 
 
-def run_pipeline(
-    params,
-    cfg,
-    tokenizer,
-    saes,
-    data: PromptData,
-    pc: PipelineConfig,
-    out_dir,
-    *,
-    progress: bool = True,
-) -> dict:
-    """Run every step and write ``report.json``, ``report.md`` and plots into ``out_dir``."""
-    t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+@dataclasses.dataclass
+class Prepared:
+    """Steps 1-4 of the pipeline: what every evaluation of the methods starts from."""
+
+    refusal_token: int
+    n_kept: dict  # harmful_train_kept, harmful_train, harmless_train_kept, harmless_train
+    directions: object  # [L, D] difference-in-means directions (filtered training prompts)
+    best_layer: int
+    layer_rates: list  # first-token refusal with each layer's direction ablated
+    attributions: np.ndarray  # [L, N_harmful_kept, d_sae] position-mean LA-IG
+    sets: dict  # method name -> FeatureSet (ours, la, cs, act, random)
+
+    @property
+    def r_best(self):
+        return self.directions[self.best_layer]
+
+
+def prepare_methods(
+    params, cfg, tokenizer, saes, harmful_train, harmless_train, pc: PipelineConfig, *,
+    progress: bool = False, stage=lambda msg: None,
+) -> Prepared:  # fmt: skip
+    """Filter training prompts by refusal, build the direction at every layer, choose the best
+    layer, run LA-IG over the harmful prompts and select every method's feature set."""
     enc = lambda xs: encode_prompts(tokenizer, xs, max_length=cfg.max_position_embeddings)
     refusal_tok = refusal_token(tokenizer)
-    bar = tqdm(total=6 + len(METHODS), desc="pipeline", disable=not progress)
-
-    def stage(msg):
-        bar.set_postfix_str(msg)
-        bar.update(1)
-
     # 1. Filter training prompts (harmful: refused; harmless: not refused), as in the paper.
-    harm_ids, harm_mask = enc(data.harmful_train)
-    safe_ids, safe_mask = enc(data.harmless_train)
+    harm_ids, harm_mask = enc(harmful_train)
+    safe_ids, safe_mask = enc(harmless_train)
     keep_h = first_token_refuses(
         params, cfg, harm_ids, harm_mask, [refusal_tok], None, pc.batch_size
     )
@@ -215,6 +217,52 @@ def run_pipeline(
         "random": random_features(ours, d_sae, seed=pc.seed),
     }
     stage("feature sets")
+    n_kept = {
+        "harmful_train_kept": int(keep_h.sum()),
+        "harmful_train": len(keep_h),
+        "harmless_train_kept": int(keep_s.sum()),
+        "harmless_train": len(keep_s),
+    }
+    return Prepared(refusal_tok, n_kept, directions, best, layer_rates, attr, sets)
+
+
+def method_patches(prep: Prepared, saes, cfg, pc: PipelineConfig) -> dict:
+    """Patch per method: base (None), AS (directional ablation of r_best at every layer) and a
+    multiply clamp (``pc.clamp_value``) of each feature set."""
+    patches = {"base": None, "AS": ablate_direction(prep.r_best, cfg.n_layers)}
+    for name, fs in prep.sets.items():
+        patches[name] = clamp_features(saes, fs, pc.clamp_value, mode="multiply")
+    return patches
+
+
+def run_pipeline(
+    params,
+    cfg,
+    tokenizer,
+    saes,
+    data: PromptData,
+    pc: PipelineConfig,
+    out_dir,
+    *,
+    progress: bool = True,
+) -> dict:
+    """Run every step and write ``report.json``, ``report.md`` and plots into ``out_dir``."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc = lambda xs: encode_prompts(tokenizer, xs, max_length=cfg.max_position_embeddings)
+    bar = tqdm(total=6 + len(METHODS), desc="pipeline", disable=not progress)
+
+    def stage(msg):
+        bar.set_postfix_str(msg)
+        bar.update(1)
+
+    prep = prepare_methods(
+        params, cfg, tokenizer, saes, data.harmful_train, data.harmless_train, pc,
+        progress=progress, stage=stage,
+    )  # fmt: skip
+    sets, attr, best = prep.sets, prep.attributions, prep.best_layer
+    d_sae = int(saes.W_dec.shape[-2])
 
     # 5. Held-out evaluation of every method.
     test_h = enc(data.harmful_test)
@@ -232,9 +280,7 @@ def run_pipeline(
     base_ce = masked_ce(params, cfg, ce_ids, ce_mask, ce_tgt, None, pc.batch_size)
     stage("baseline rollouts")
 
-    patches = {"base": None, "AS": ablate_direction(r_best, cfg.n_layers)}
-    for name, fs in sets.items():
-        patches[name] = clamp_features(saes, fs, pc.clamp_value, mode="multiply")
+    patches = method_patches(prep, saes, cfg, pc)
     results, samples = {}, {}
     for name in METHODS:
         patch = patches[name]
@@ -270,16 +316,13 @@ def run_pipeline(
         "sae": {"d_sae": d_sae, "architecture": saes.cfg.architecture},
         "config": dataclasses.asdict(pc),
         "n_prompts": {
-            "harmful_train_kept": int(keep_h.sum()),
-            "harmful_train": len(keep_h),
-            "harmless_train_kept": int(keep_s.sum()),
-            "harmless_train": len(keep_s),
+            **prep.n_kept,
             "harmful_test": len(data.harmful_test),
             "harmless_test": len(data.harmless_test),
         },
         "best_layer": best,
-        "layer_ablation_refusal": layer_rates,
-        "refusal_token": refusal_tok,
+        "layer_ablation_refusal": prep.layer_rates,
+        "refusal_token": prep.refusal_token,
         "methods": results,
         "ranking_by_jailbreak": ranking,
         "features": {name: fs.pairs() for name, fs in sets.items()},
@@ -351,10 +394,13 @@ def plot_report(report: dict, out_dir: Path) -> None:
 __all__ = [
     "METHODS",
     "PipelineConfig",
+    "Prepared",
     "PromptData",
     "accumulate_attributions",
     "choose_best_layer",
     "judge_responses",
+    "method_patches",
+    "prepare_methods",
     "refusal_token",
     "run_pipeline",
 ]

@@ -1,0 +1,170 @@
+"""The paper's benchmark (section 4.1): jailbreak and refusal scores of base, AS, cs, act, la,
+random and ours on each harmful dataset; capability (CE on harmless rollouts and on plain text)
+under each intervention; refusal induction on harmless prompts with the set-clamp sweep.
+
+    python experiments/benchmark.py                          # the organism
+    python experiments/benchmark.py --model-dir M --sae-dir S --data-dir D \\
+        --classifier-dir converted/HarmBench-Llama-2-13b-cls --text-file wikitext.txt
+
+On the organism the harmful "datasets" are its held-out plain requests and its held-out
+designed-to-fail jailbreak wrappers (which it refuses); plain text is its held-out prose. On a
+real model: harmbench_test, jailbreakbench and advbench (first --n-prompts of each), harmless
+evaluation prompts from splits/harmless_test, plain text one paragraph per line of --text-file
+(default: the harmless prompts' raw text).
+
+Writes ``results.json`` (schema in experiments/README.md), ``jailbreak.png`` and
+``induction.png``; ``--resume RUN`` reuses cached responses and attributions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from refusal_jax.benchmark import BenchmarkConfig, run_benchmark
+from refusal_jax.pipeline import METHODS, PipelineConfig
+from refusal_jax.runs import (
+    Cache,
+    add_run_arguments,
+    add_subject_arguments,
+    load_subject,
+    run_folder,
+    write_json_atomic,
+)
+
+
+def _organism_data(args):
+    from refusal_jax.organism.corpus import build_corpus
+
+    corpus, rng = build_corpus(seed=0), random.Random(args.seed)
+    pick = lambda xs, n: rng.sample(xs, min(n, len(xs)))
+    return dict(
+        harmful_train=pick(corpus.prompts("train", harmful=True, wrapped=False), args.n_train),
+        harmless_train=pick(corpus.prompts("train", harmful=False, wrapped=False), args.n_train),
+        datasets={
+            "heldout_plain": pick(
+                corpus.prompts("test", harmful=True, wrapped=False), args.n_prompts
+            ),
+            "heldout_failing_wrappers": pick(
+                corpus.prompts("test", harmful=True, wrapped=True, succeeds=False), args.n_prompts
+            ),
+        },
+        harmless_eval=pick(corpus.prompts("test", harmful=False, wrapped=False), args.n_prompts),
+        plain_text=list(corpus.plain_test[: args.n_prompts]),
+    )
+
+
+def _real_data(args):
+    from refusal_jax import data
+
+    harmless_eval = data.split(args.data_dir, "harmless_test", args.n_prompts)
+    if args.text_file:
+        lines = [ln.strip() for ln in Path(args.text_file).read_text().splitlines()]
+        plain = [ln for ln in lines if ln][: args.n_prompts]
+        if not plain:
+            raise SystemExit(f"--text-file {args.text_file} has no non-empty lines")
+    else:
+        plain = harmless_eval
+    return dict(
+        harmful_train=data.split(args.data_dir, "harmful_train", args.n_train),
+        harmless_train=data.split(args.data_dir, "harmless_train", args.n_train),
+        datasets={
+            name: data.eval_set(args.data_dir, name, args.n_prompts) for name in data.EVAL_SETS
+        },
+        harmless_eval=harmless_eval,
+        plain_text=plain,
+    )
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_subject_arguments(p)
+    add_run_arguments(p)
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-prompts", type=int, default=100, help="per dataset (the paper: 100)")
+    p.add_argument("--n-steps", type=int, default=10)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--clamp-value", type=float, default=None)
+    p.add_argument(
+        "--induction-values",
+        default=None,
+        help="set-clamp values (default 10,15,20,25,30; organism 2,4,8,16,32)",
+    )
+    p.add_argument("--classifier-dir", help="HF causal-LM classifier (HarmBench prompt)")
+    p.add_argument("--text-file", help="plain text for the CE measurement, one text per line")
+    args = p.parse_args(argv)
+    subject = load_subject(args)
+    out = run_folder(args, "benchmark")
+    d = _organism_data(args) if subject.organism else _real_data(args)
+    default_ind = "2,4,8,16,32" if subject.organism else "10,15,20,25,30"
+    pc = PipelineConfig(
+        n_steps=args.n_steps,
+        n_candidates=subject.n_candidates,
+        clamp_value=subject.clamp_value if args.clamp_value is None else args.clamp_value,
+        compliance_prefixes=subject.compliance_prefixes,
+        skip_positions=subject.skip_positions,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    bc = BenchmarkConfig(
+        pipeline=pc,
+        induction_values=tuple(float(x) for x in (args.induction_values or default_ind).split(",")),
+    )
+    classifier = None
+    if args.classifier_dir:
+        from refusal_jax.judges import ClassifierJudge
+
+        classifier = ClassifierJudge.load(args.classifier_dir)
+    res = run_benchmark(
+        subject.params, subject.cfg, subject.tokenizer, subject.saes, **d, bc=bc,
+        cache=Cache(out / "cache"), classifier=classifier, progress=not args.quiet,
+    )  # fmt: skip
+    res["subject"] = subject.describe()
+    write_json_atomic(out / "results.json", res)
+    _plot(res, out)
+    for dname, rows in res["jailbreak"].items():
+        print(dname + ": " + ", ".join(f"{m} {rows[m]['jailbreak_rate']:.2f}" for m in METHODS))
+    print(f"run folder: {out}")
+    return res
+
+
+def _plot(res, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(METHODS)
+    ds = list(res["jailbreak"])
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    w = 0.8 / len(ds)
+    for k, dname in enumerate(ds):
+        vals = [res["jailbreak"][dname][m]["jailbreak_rate"] for m in names]
+        ax.bar(np.arange(len(names)) + k * w, vals, w, label=dname)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - w / 2, names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("jailbreak rate")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "jailbreak.png", dpi=120)
+    plt.close(fig)
+    ind = res["refusal_induction"]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(ind["values"], ind["ours"], "o-", label="ours (set)")
+    ax.plot(ind["values"], ind["cs"], "s--", label="cs (set)")
+    ax.axhline(ind["add_direction"], color="k", ls=":", label="add r at best layer")
+    ax.set_xlabel("clamp value c")
+    ax.set_ylabel("refusal rate on harmless prompts")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "induction.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
