@@ -64,3 +64,30 @@ def split(folder, name: str, n: int | None = None) -> list[str]:
 def eval_set(folder, name: str, n: int | None = 100) -> list[str]:
     """``processed/{name}.json`` (the paper evaluates the first 100)."""
     return read_instructions(data_dir(folder) / "processed" / f"{name}.json")[:n]
+
+
+def categorical_harmful_qa(path, n_per_category: int | None = None) -> dict[str, list[str]]:
+    """CategoricalHarmfulQA-style CSV (declare-lab/CategoricalHarmfulQA): columns ``Category``,
+    ``Subcategory``, ``Question`` -> {category: [question, ...]} in file order."""
+    import csv
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such dataset file")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        need = {"Category", "Question"}
+        if reader.fieldnames is None or not need <= set(reader.fieldnames):
+            raise DatasetError(
+                f"{path}: expected columns {sorted(need)} (and Subcategory), got "
+                f"{reader.fieldnames}"
+            )
+        out: dict[str, list[str]] = {}
+        for i, row in enumerate(reader, start=2):  # line 1 is the header
+            cat, q = (row.get("Category") or "").strip(), (row.get("Question") or "").strip()
+            if not cat or not q:
+                raise DatasetError(f"{path}: line {i} has an empty Category or Question: {row}")
+            out.setdefault(cat, []).append(q)
+    if not out:
+        raise DatasetError(f"{path}: no rows")
+    return {c: qs[:n_per_category] for c, qs in out.items()}

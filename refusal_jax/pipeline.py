@@ -117,7 +117,7 @@ def choose_best_layer(
 
 
 def accumulate_attributions(
-    params, cfg, saes, ids, mask, direction, refusal_token, pc, progress
+    params, cfg, saes, ids, mask, direction, refusal_token, pc, progress=False
 ) -> np.ndarray:
     """Position-mean LA-IG attributions for every prompt: [L, N, d_sae] (batches of
     ``pc.laig_batch_size``, ``pc.n_steps`` alpha steps, ``pc.skip_positions`` skipped)."""
