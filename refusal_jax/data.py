@@ -91,3 +91,62 @@ def categorical_harmful_qa(path, n_per_category: int | None = None) -> dict[str,
     if not out:
         raise DatasetError(f"{path}: no rows")
     return {c: qs[:n_per_category] for c, qs in out.items()}
+
+
+def wildjailbreak_pairs(path, n: int | None = None) -> list[tuple[str, str]]:
+    """(adversarial, vanilla) prompt pairs from a WildJailbreak-style TSV (allenai/wildjailbreak:
+    columns ``vanilla``, ``adversarial``, ``completion``, ``data_type``), rows whose data_type is
+    ``adversarial_harmful``."""
+    import csv
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such dataset file")
+    out = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        need = {"vanilla", "adversarial", "data_type"}
+        if reader.fieldnames is None or not need <= set(reader.fieldnames):
+            raise DatasetError(f"{path}: expected columns {sorted(need)}, got {reader.fieldnames}")
+        for i, row in enumerate(reader, start=2):
+            if row["data_type"] != "adversarial_harmful":
+                continue
+            adv, van = (row["adversarial"] or "").strip(), (row["vanilla"] or "").strip()
+            if not adv or not van:
+                raise DatasetError(f"{path}: line {i} has an empty vanilla or adversarial prompt")
+            out.append((adv, van))
+    if not out:
+        raise DatasetError(f"{path}: no adversarial_harmful rows")
+    return out[:n]
+
+
+def adv_suffixes(path) -> list[tuple[str, list[str]]]:
+    """The refusal_sae suffix CSV: columns ``goal`` and ``response`` (a Python list literal of
+    candidate suffix strings) -> [(goal, [suffix, ...])]. Literals only: no code is evaluated."""
+    import ast
+    import csv
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such dataset file")
+    out = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"goal", "response"} <= set(reader.fieldnames):
+            raise DatasetError(f"{path}: expected columns goal, response; got {reader.fieldnames}")
+        for i, row in enumerate(reader, start=2):
+            goal = (row["goal"] or "").strip()
+            try:
+                suffixes = ast.literal_eval(row["response"] or "")
+            except (ValueError, SyntaxError) as e:
+                raise DatasetError(f"{path}: line {i}: response is not a list literal ({e})") from e
+            if (
+                not goal
+                or not isinstance(suffixes, list)
+                or not all(isinstance(s, str) for s in suffixes)
+            ):
+                raise DatasetError(f"{path}: line {i}: need a goal and a list of suffix strings")
+            out.append((goal, suffixes))
+    if not out:
+        raise DatasetError(f"{path}: no rows")
+    return out

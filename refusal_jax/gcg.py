@@ -147,9 +147,11 @@ __all__ = [
 ]
 
 
-def with_suffix(tokenizer, instructions, suffix_ids):
-    """Chat prompts with the suffix tokens after each request: (ids, mask), left padded."""
-    suffix_ids = list(suffix_ids)
-    ids, mask, pos = suffix_template(tokenizer, instructions, len(suffix_ids), 0)
-    ids[np.arange(len(ids))[:, None], pos] = np.asarray(suffix_ids)[None, :]
-    return ids, mask
+def with_suffix(tokenizer, instructions, suffix_ids, return_slots: bool = False):
+    """Chat prompts with suffix tokens after each request: (ids, mask[, slots]), left padded.
+    ``suffix_ids``: one list for every prompt, or one list per prompt (equal lengths)."""
+    per_prompt = len(suffix_ids) > 0 and isinstance(suffix_ids[0], (list, tuple, np.ndarray))
+    rows = np.asarray([list(s) for s in suffix_ids] if per_prompt else [list(suffix_ids)])
+    ids, mask, pos = suffix_template(tokenizer, instructions, rows.shape[1], 0)
+    ids[np.arange(len(ids))[:, None], pos] = rows if per_prompt else rows[0][None, :]
+    return (ids, mask, pos) if return_slots else (ids, mask)
