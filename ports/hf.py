@@ -72,7 +72,8 @@ class _Reader:
         self.files: dict[Path, dict] = {}
         self.used: set[str] = set()
 
-    def get(self, name: str, shape: tuple, transpose: bool, dtype) -> np.ndarray:
+    def view(self, name: str, shape: tuple, transpose: bool) -> np.ndarray:
+        """The stored tensor in our layout, still memmapped (no bytes read yet)."""
         if name not in self.index:
             raise CheckpointError(f"missing tensor {name!r} in checkpoint")
         path = self.index[name]
@@ -88,50 +89,66 @@ class _Reader:
             want = tuple(reversed(shape)) if transpose else tuple(shape)
             raise CheckpointError(f"tensor {name!r} has shape {stored}, the config implies {want}")
         self.used.add(name)
-        return np.asarray(arr, dtype=dtype)
+        return arr
+
+    def get(self, name: str, shape: tuple, transpose: bool, dtype) -> np.ndarray:
+        return np.asarray(self.view(name, shape, transpose), dtype=dtype)
+
+
+def _place(views: list[np.ndarray], stacked: bool, dtype, sharding) -> jax.Array:
+    """One parameter from memmapped tensors (one per layer when ``stacked``). With a
+    ``sharding``, each device's slice is read from disk and converted on its own, so neither
+    host nor device memory ever holds more than the slices one process needs."""
+
+    def read(idx):
+        if not stacked:
+            return np.asarray(views[0][idx], dtype=dtype)
+        layer_idx, rest = idx[0], idx[1:]
+        return np.stack([np.asarray(v[rest], dtype=dtype) for v in views[layer_idx]])
+
+    shape = ((len(views),) if stacked else ()) + tuple(views[0].shape)
+    full = (slice(None),) * len(shape)
+    if sharding is None:
+        return jnp.asarray(read(full))
+    return jax.make_array_from_callback(shape, sharding, lambda idx: read(tuple(idx)))
 
 
 def load_hf_params(folder, cfg: ModelConfig, dtype=jnp.float32, mesh=None) -> dict:
     """Read the safetensors of an HF folder into our parameter pytree (numpy -> jax).
 
     With a ``mesh`` (:func:`refusal_jax.sharding.make_mesh`) every tensor goes straight to its
-    shards as it is read (:func:`refusal_jax.sharding.param_specs`), so no device ever holds the
-    whole model."""
+    shards as it is read (:func:`refusal_jax.sharding.param_specs`): each device's slice is read
+    from the memmapped files and transferred on its own, so no device (and no host) ever holds
+    the whole model; on several hosts each process reads only its own devices' slices."""
     folder = Path(folder)
-    if mesh is None:
-        place = {"layers": {}}
-        put = lambda key, a, sub=None: jnp.asarray(a)
-    else:
+    place = None
+    if mesh is not None:
         from refusal_jax.sharding import param_shardings
 
         place = param_shardings(cfg, mesh)
-        put = lambda key, a, sub=None: jax.device_put(
-            a, place["layers"][sub] if key == "layers" else place[key]
-        )
+    sharding = lambda key, sub=None: (
+        None if place is None else place["layers"][sub] if key == "layers" else place[key]
+    )
     np_dtype = np.dtype(jnp.dtype(dtype))
     shapes = param_shapes(cfg)
     r = _Reader(folder)
+    one = lambda key, name, transpose: _place(
+        [r.view(name, shapes[key], transpose)], False, np_dtype, sharding(key)
+    )
     params = {
-        "embed": put("embed", r.get("model.embed_tokens.weight", shapes["embed"], False, np_dtype)),
-        "final_norm": put(
-            "final_norm", r.get("model.norm.weight", shapes["final_norm"], False, np_dtype)
-        ),
+        "embed": one("embed", "model.embed_tokens.weight", False),
+        "final_norm": one("final_norm", "model.norm.weight", False),
     }
     if not cfg.tie_embeddings:
-        params["lm_head"] = put(
-            "lm_head", r.get("lm_head.weight", shapes["lm_head"], True, np_dtype)
-        )
+        params["lm_head"] = one("lm_head", "lm_head.weight", True)
     layers = {}
     for key, (suffix, transpose) in layer_key_map(cfg).items():
         per_layer_shape = shapes["layers"][key][1:]
-        stacked = np.stack(
-            [
-                r.get(f"model.layers.{i}.{suffix}", per_layer_shape, transpose, np_dtype)
-                for i in range(cfg.n_layers)
-            ]
-        )
-        layers[key] = put("layers", stacked, key)
-        del stacked
+        views = [
+            r.view(f"model.layers.{i}.{suffix}", per_layer_shape, transpose)
+            for i in range(cfg.n_layers)
+        ]
+        layers[key] = _place(views, True, np_dtype, sharding("layers", key))
     params["layers"] = layers
     ignorable = ("rotary_emb.inv_freq", "lm_head.weight")
     unused = [n for n in r.index if n not in r.used and not n.endswith(ignorable)]
@@ -152,7 +169,8 @@ def read_hf_config(folder) -> tuple[ModelConfig, dict]:
 
 def load_hf(folder, dtype=jnp.float32, mesh=None) -> tuple[ModelConfig, dict]:
     """Load an HF folder: returns ``(cfg, params)`` in ``dtype`` (float32 or bfloat16); with a
-    ``mesh``, sharded over it as it loads (see :func:`load_hf_params`)."""
+    ``mesh``, sharded over it as it loads (see :func:`load_hf_params`; multi-host: every process
+    calls it with the same mesh)."""
     cfg, _ = read_hf_config(folder)
     return cfg, load_hf_params(folder, cfg, dtype, mesh)
 

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from refusal_jax.config import ModelConfig
@@ -59,23 +60,28 @@ def save_model(folder, cfg: ModelConfig, params, tokenizer_dir=None) -> None:
                 shutil.copy(src, folder / name)
 
 
-def load_model(folder, mesh=None) -> tuple[ModelConfig, dict]:
+def load_model(folder, mesh=None, dtype=None) -> tuple[ModelConfig, dict]:
     """Load a converted model: an orbax folder from ``ports.hf``, or an HF folder directly.
 
-    With a ``mesh`` (:func:`refusal_jax.sharding.make_mesh`) orbax restores every array straight
-    onto its shards (:func:`refusal_jax.sharding.param_specs`)."""
+    With a ``mesh`` (:func:`refusal_jax.sharding.make_mesh`) every array is restored straight
+    onto its shards (:func:`refusal_jax.sharding.param_specs`; multi-host: every process calls
+    this with the same mesh). ``dtype`` (e.g. ``jnp.bfloat16``) casts while restoring; None keeps
+    the stored dtype (an HF folder: float32)."""
     folder = Path(folder)
     if (folder / CONFIG_NAME).exists():
         cfg = ModelConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
         if mesh is None:
-            return cfg, jax.tree.map(jax.numpy.asarray, load_pytree(folder / "params"))
+            params = jax.tree.map(jnp.asarray, load_pytree(folder / "params"))
+            return cfg, params if dtype is None else jax.tree.map(lambda a: a.astype(dtype), params)
         from refusal_jax.sharding import param_shardings
 
         with ocp.StandardCheckpointer() as ckptr:
             meta = ckptr.metadata(Path(folder / "params").absolute())
         meta = getattr(meta, "item_metadata", meta)
         abstract = jax.tree.map(
-            lambda sh, m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sh),
+            lambda sh, m: jax.ShapeDtypeStruct(
+                tuple(m.shape), m.dtype if dtype is None else jnp.dtype(dtype), sharding=sh
+            ),
             param_shardings(cfg, mesh),
             dict(meta),
         )
@@ -83,5 +89,5 @@ def load_model(folder, mesh=None) -> tuple[ModelConfig, dict]:
     if (folder / "config.json").exists():
         from ports.hf import load_hf
 
-        return load_hf(folder, mesh=mesh)
+        return load_hf(folder, dtype=jnp.float32 if dtype is None else dtype, mesh=mesh)
     raise FileNotFoundError(f"{folder}: neither a converted model ({CONFIG_NAME}) nor an HF folder")

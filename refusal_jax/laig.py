@@ -67,7 +67,8 @@ class PatchedRuns:
 
 @struct.dataclass
 class LAIGResult:
-    """grad [L, B, T, D]: mean over alpha of dm/d out_l; metric [N] per alpha (batch sum)."""
+    """grad [L, B, T, D] float32: mean over alpha of dm/d out_l; metric [N] per alpha (batch
+    sum)."""
 
     runs: PatchedRuns
     grad: jax.Array
@@ -144,8 +145,30 @@ def la_ig_fn(
 
         return jax.value_and_grad(metric)(jnp.zeros_like(x_patch))
 
-    metric, grads = jax.lax.map(at_alpha, alphas, batch_size=alpha_batch)
-    return LAIGResult(runs, grads.mean(axis=0), metric, alphas)
+    def chunk(alpha_chunk):
+        # alpha steps of one chunk run as one vmapped batch; their gradients are summed in
+        # float32 (bfloat16 models: the integral is not accumulated in bfloat16)
+        metric, grads = jax.vmap(at_alpha)(alpha_chunk)
+        return metric, grads.astype(jnp.float32).sum(axis=0)
+
+    n = alphas.shape[0]
+    k = 1 if alpha_batch is None else max(1, min(int(alpha_batch), n))
+    n_full, rest = divmod(n, k)
+
+    def body(total, alpha_chunk):
+        metric, g = chunk(alpha_chunk)
+        return total + g, metric
+
+    # Chunks of k steps in a scan: peak memory holds k steps' activations and gradients plus
+    # one float32 running sum, whatever the number of steps.
+    total, metric = jax.lax.scan(
+        body, jnp.zeros(x_patch.shape, jnp.float32), alphas[: n_full * k].reshape(n_full, k)
+    )
+    metric = metric.reshape(-1)
+    if rest:
+        m_rest, g_rest = chunk(alphas[n_full * k :])
+        total, metric = total + g_rest, jnp.concatenate([metric, m_rest])
+    return LAIGResult(runs, total / n, metric, alphas)
 
 
 def la_ig(
@@ -161,16 +184,26 @@ def la_ig(
     alpha_rule: str = "left",
     error_mode: str = "paper",
     alpha_batch: int | None = None,
-    remat: bool = False,
+    remat: bool | str = False,
 ) -> LAIGResult:
     """LA-IG gradients for a batch of left-padded prompts.
 
     direction [D]: the refusal direction (ablated at every layer in the patched run).
-    ``alpha_batch``: how many alpha steps run at once (None: all, one vmapped batch); fewer
-    steps at once and ``remat=True`` (layers recomputed in the backward pass) both cut peak
-    memory on long prompts, at some cost in time.
+    All alpha steps are one jitted program: a scan over chunks of ``alpha_batch`` steps (None:
+    1, one step at a time), the steps of a chunk vmapped, their gradients summed in float32.
+    Peak memory scales with ``alpha_batch``, not ``n_steps``; ``alpha_batch=n_steps`` runs all
+    steps as one batch (fastest on accelerators when memory allows). ``remat`` (True/"full"
+    or "dots", see :data:`refusal_jax.model.REMAT_POLICIES`) recomputes each layer in the
+    backward pass, which cuts peak memory on long prompts several-fold at some cost in time.
+    Neither setting changes the result beyond float32 summation order; ``grad`` is float32
+    whatever the parameter dtype.
+
+    Sharding: pass params / ids placed by :mod:`refusal_jax.sharding`; the jitted program then
+    runs data and tensor parallel over the mesh.
     Feature attributions come from :func:`feature_attributions`.
     """
+    if alpha_batch is not None and (not isinstance(alpha_batch, int) or alpha_batch < 1):
+        raise ValueError(f"alpha_batch must be a positive int or None, got {alpha_batch!r}")
     ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
     jb = -1 if jailbreak_token is None else jailbreak_token
     alphas = jnp.asarray(alpha_schedule(n_steps, alpha_rule))
@@ -196,10 +229,11 @@ def position_weights(mask, skip: int = 1) -> jax.Array:
 
 
 def _decoder_grad(sae_l, g):
-    """dm/df = g (d dec/d f)^T for an affine decoder: [..., D] -> [..., d_sae]."""
-    zeros = jnp.zeros(g.shape[:-1] + (sae_l.W_dec.shape[0],), g.dtype)
-    _, vjp = jax.vjp(lambda f: sae_lib.decode(sae_l, f), zeros)
-    return vjp(g)[0]
+    """dm/df = g (d dec/d f)^T for an affine decoder: [..., D] -> [..., d_sae], computed in the
+    decoder's dtype (g, a float32 sum over alpha steps, is rounded once for bfloat16 SAEs)."""
+    zeros = jnp.zeros(g.shape[:-1] + (sae_l.W_dec.shape[0],), sae_l.W_dec.dtype)
+    out, vjp = jax.vjp(lambda f: sae_lib.decode(sae_l, f), zeros)
+    return vjp(g.astype(out.dtype))[0]
 
 
 @functools.partial(jax.jit, static_argnames=("per_token",))

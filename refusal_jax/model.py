@@ -219,6 +219,25 @@ class ForwardOutput(NamedTuple):
     block_out: jax.Array | None = None
 
 
+# remat option -> jax.checkpoint policy: what a rematerialised layer keeps for the backward pass
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,  # only the layer's input (least memory)
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # + weight matmul outputs
+}
+
+
+def remat_policy(remat):
+    """``remat`` (False/None, True = "full", or a :data:`REMAT_POLICIES` name) -> the
+    ``jax.checkpoint`` policy, or None for no rematerialisation."""
+    if remat is None or remat is False:
+        return None
+    if remat is True:
+        remat = "full"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be a bool or one of {tuple(REMAT_POLICIES)}, got {remat!r}")
+    return REMAT_POLICIES[remat]
+
+
 def _run_layers(
     params,
     cfg,
@@ -235,8 +254,10 @@ def _run_layers(
     """Scan the stacked layers; returns final residual, stacked resid_post, stacked (k, v).
 
     ``remat``: rematerialise each layer in the backward pass (``jax.checkpoint`` on the scan
-    body): autodiff then keeps only the residual stream between layers, not every layer's
-    attention scores and MLP activations."""
+    body, see :data:`REMAT_POLICIES`): autodiff then keeps only the residual stream between
+    layers (and, with ``"dots"``, the weight matmuls' outputs), not every layer's attention
+    scores and MLP activations."""
+    policy = remat_policy(remat)
     sliding = jnp.asarray(cfg.layer_is_sliding)
 
     def step(h, xs):
@@ -245,8 +266,8 @@ def _run_layers(
         h = patch(unpatched, idx, ctx)
         return h, (h, unpatched, kv) if with_unpatched else (h, kv)
 
-    if remat:
-        step = jax.checkpoint(step, prevent_cse=False)
+    if policy is not None:
+        step = jax.checkpoint(step, prevent_cse=False, policy=policy)
     xs = (params["layers"], jnp.arange(cfg.n_layers, dtype=jnp.int32), sliding, layer_xs)
     return jax.lax.scan(step, x, xs)
 
@@ -261,15 +282,19 @@ def forward_fn(
     return_residuals: bool = False,
     return_kv: bool = False,
     last_logits_only: bool = False,
-    remat: bool = False,
+    remat: bool | str = False,
 ) -> ForwardOutput:
     """Un-jitted forward pass (use :func:`forward`, or call this inside your own jit/grad).
 
     input_ids [B, T] int, attention_mask [B, T] (1 = token, 0 = left padding). ``patch`` is applied
     to resid_post of every layer inside the scan. With ``return_residuals`` the residual stream
     before (resid_pre) and after (resid_post, patched) every layer comes back in the same pass.
-    ``remat`` trades compute for memory under autodiff (see :func:`_run_layers`).
+    ``remat`` (True, "full" or "dots"; see :data:`REMAT_POLICIES`) trades compute for memory
+    under autodiff (each layer recomputed in the backward pass); the values are unchanged.
+    Floating-point work follows the parameter dtype (bfloat16 weights: bfloat16 matmuls), with
+    RMSNorm, attention scores, softmax and the logits in float32.
     """
+    remat_policy(remat)  # validate early, outside the scan
     patch = Identity() if patch is None else patch
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
@@ -308,7 +333,8 @@ def forward_fn(
 
 
 forward = jax.jit(
-    forward_fn, static_argnames=("cfg", "return_residuals", "return_kv", "last_logits_only")
+    forward_fn,
+    static_argnames=("cfg", "return_residuals", "return_kv", "last_logits_only", "remat"),
 )
 forward.__doc__ = "Jitted :func:`forward_fn`. " + (forward_fn.__doc__ or "")
 

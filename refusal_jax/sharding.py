@@ -10,12 +10,17 @@ can place each tensor on its shards as it is read (``ports.hf.load_hf(folder, me
 never sits whole on any device.
 
 Multi-host (TPU pods, several GPU hosts): call :func:`initialize_multihost` first in every process;
-``jax.devices()`` then lists the devices of all hosts and the same mesh code applies.
+``jax.devices()`` then lists the devices of all hosts, the same mesh code applies, every process
+passes the same (global) numpy inputs to :func:`shard_batch` / :func:`put` and reads results back
+with :func:`to_host`.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -26,18 +31,36 @@ DATA, MODEL = "data", "model"
 
 
 def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
-    """A (data, model) mesh over ``devices`` (default: all). ``data=None`` uses every device
-    left after ``model``."""
+    """A (data, model) mesh over ``devices`` (default: all devices of all processes).
+
+    ``data=None`` uses every device left after ``model``. Devices are ordered by process, so a
+    ``model`` axis that divides the devices per host keeps tensor parallelism (the chattiest
+    axis) inside one host; on TPU the order follows the physical topology
+    (``mesh_utils.create_device_mesh``)."""
     devices = list(jax.devices() if devices is None else devices)
-    if model < 1 or len(devices) % model and data is None:
-        raise ValueError(f"model={model} does not divide the {len(devices)} devices")
-    data = len(devices) // model if data is None else data
+    if not isinstance(model, int) or model < 1:
+        raise ValueError(f"model must be a positive int, got {model!r}")
+    if data is None:
+        if len(devices) % model:
+            raise ValueError(f"model={model} does not divide the {len(devices)} devices")
+        data = len(devices) // model
+    if not isinstance(data, int) or data < 1:
+        raise ValueError(f"data must be a positive int, got {data!r}")
     if data * model > len(devices):
         raise ValueError(
             f"mesh data={data} x model={model} needs {data * model} devices, "
             f"{len(devices)} available"
         )
-    return Mesh(np.asarray(devices[: data * model]).reshape(data, model), (DATA, MODEL))
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))[: data * model]
+    grid = None
+    if devices[0].platform == "tpu" and data * model == jax.device_count():
+        from jax.experimental import mesh_utils
+
+        with contextlib.suppress(Exception):  # fall back to the plain order below
+            grid = mesh_utils.create_device_mesh((data, model), devices)
+    if grid is None:
+        grid = np.asarray(devices, dtype=object).reshape(data, model)
+    return Mesh(grid, (DATA, MODEL))
 
 
 def _split(dim: int, mesh: Mesh, ok: bool = True):
@@ -51,7 +74,8 @@ def param_specs(cfg: ModelConfig, mesh: Mesh) -> dict:
 
     Attention is split by heads (q/k/v columns, o rows), the MLP by its hidden dimension
     (gate/up columns, down rows), the embedding and unembedding by vocabulary. A dimension the
-    model axis does not divide (e.g. fewer KV heads than devices) stays replicated.
+    model axis does not divide (e.g. fewer KV heads than devices) stays replicated. Norms and
+    biases of replicated dimensions are replicated; nothing is split over ``data``.
     """
     n = mesh.shape[MODEL]
     heads_ok = cfg.n_heads % n == 0
@@ -81,18 +105,30 @@ def param_specs(cfg: ModelConfig, mesh: Mesh) -> dict:
     return specs
 
 
-def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(cfg, mesh), is_leaf=_is_spec)
-
-
 def _is_spec(x) -> bool:
     return isinstance(x, P)
 
 
+def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
+    """:func:`param_specs` as NamedShardings on ``mesh``."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(cfg, mesh), is_leaf=_is_spec)
+
+
+def put(x, sharding: NamedSharding) -> jax.Array:
+    """Place one array on ``sharding``. A host (numpy) array is cut on the host and each device
+    receives only its slice (also across hosts: every process passes the same global array);
+    a ``jax.Array`` is resharded."""
+    if isinstance(x, jax.Array):
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
 def shard_params(params: dict, cfg: ModelConfig, mesh: Mesh) -> dict:
     """Place a parameter pytree on the mesh (tensor parallel over ``model``, replicated over
-    ``data``)."""
-    return jax.device_put(params, param_shardings(cfg, mesh))
+    ``data``). To avoid holding a large model whole on one device first, load it sharded
+    instead (``load_hf(..., mesh=)`` / ``load_model(..., mesh=)``)."""
+    return jax.tree.map(put, params, param_shardings(cfg, mesh))
 
 
 def sae_specs(saes, mesh: Mesh):
@@ -109,10 +145,13 @@ def sae_specs(saes, mesh: Mesh):
     )
 
 
-def shard_saes(saes, mesh: Mesh):
-    """Place SAEs on the mesh, split over the SAE width (``model`` axis)."""
+def shard_saes(saes, mesh: Mesh, dtype=None):
+    """Place SAEs on the mesh, split over the SAE width (``model`` axis), optionally cast to
+    ``dtype`` (e.g. bfloat16) on the host first."""
+    if dtype is not None:
+        saes = cast_floats(saes, dtype)
     specs = sae_specs(saes, mesh)
-    return jax.tree.map(lambda a, s: jax.device_put(a, NamedSharding(mesh, s)), saes, specs)
+    return jax.tree.map(lambda a, s: put(a, NamedSharding(mesh, s)), saes, specs)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
@@ -122,32 +161,81 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 def shard_batch(mesh: Mesh, *arrays):
     """Split arrays along their leading (prompt) axis over the ``data`` axis. The prompt count
-    must be a multiple of the data-axis size (pad with :func:`refusal_jax.direction.batches`)."""
+    must be a multiple of the data-axis size (pad with :func:`refusal_jax.direction.batches`).
+    Multi-host: every process passes the same global arrays."""
     n = mesh.shape[DATA]
     out = []
     for a in arrays:
         a = np.asarray(a)
-        if a.shape[0] % n:
+        if a.ndim == 0 or a.shape[0] % n:
             raise ValueError(
-                f"a batch of {a.shape[0]} prompts cannot be split over {n} data-parallel "
-                f"devices: use a batch size that is a multiple of {n}"
+                f"a batch of shape {a.shape} cannot be split over {n} data-parallel devices: "
+                f"use a prompt count that is a multiple of {n}"
             )
-        out.append(jax.device_put(a, batch_sharding(mesh, a.ndim)))
+        out.append(put(a, batch_sharding(mesh, a.ndim)))
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def to_host(tree):
+    """Numpy copies of every array in ``tree``, also of arrays spread over several hosts
+    (gathered from all processes; every process gets the whole array)."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
+
+
+def cast_floats(tree, dtype):
+    """Cast the floating-point arrays of a pytree to ``dtype`` (integers and static fields
+    untouched). For bfloat16 compute: the model keeps logits, softmax, the LA-IG metric and
+    attribution sums in float32 whatever the parameter dtype."""
+
+    def one(x):
+        dt = getattr(x, "dtype", None)
+        return x.astype(dtype) if dt is not None and jnp.issubdtype(dt, jnp.floating) else x
+
+    return jax.tree.map(one, tree)
+
+
+@contextlib.contextmanager
+def host_device():
+    """Create arrays in host memory (JAX's CPU device) inside this block, e.g. SAEs that are
+    sharded over accelerators afterwards. A no-op when no CPU backend is available."""
+    try:
+        cpu = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        cpu = None
+    if cpu is None:
+        yield
+    else:
+        with jax.default_device(cpu):
+            yield
+
+
+def is_primary() -> bool:
+    """True in the process that writes files (process 0; always True on one host)."""
+    return jax.process_index() == 0
 
 
 def initialize_multihost(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    local_device_ids=None,
 ) -> None:
     """Join a multi-host job (wraps ``jax.distributed.initialize``; on Cloud TPU and under SLURM
     or Open MPI the arguments are found automatically). Call once per process, before any other
-    JAX call."""
+    JAX call. CPU processes use gloo collectives (tested here with 2 processes x 4 devices)."""
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
+        local_device_ids=local_device_ids,
     )
 
 
@@ -155,12 +243,17 @@ __all__ = [
     "DATA",
     "MODEL",
     "batch_sharding",
+    "cast_floats",
+    "host_device",
     "initialize_multihost",
+    "is_primary",
     "make_mesh",
     "param_shardings",
     "param_specs",
+    "put",
     "sae_specs",
     "shard_batch",
     "shard_params",
     "shard_saes",
+    "to_host",
 ]

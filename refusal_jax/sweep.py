@@ -1,21 +1,32 @@
 """Resumable sweeps of LA-IG attribution and generation over large prompt sets, on all devices.
 
-A sweep cuts the (tokenized) prompt set into *shards* of ``shard_size`` prompts, runs each shard
-as one jitted call - data parallel over the mesh's ``data`` axis when a mesh is given, parameters
-and SAEs placed by :mod:`refusal_jax.sharding` - and writes every finished shard to
-``<out>/shards/<kind>-<index>.safetensors`` atomically, next to ``<out>/manifest.json`` (what the
-sweep computes, keyed by a content hash of its inputs). Run it again on the same folder and
-finished shards are read back, not recomputed; a folder made for other inputs is refused. When
-all shards exist they are merged into ``<out>/<kind>.safetensors`` in prompt order.
+A sweep cuts the (tokenized) prompt set into *shards* of ``shard_size`` prompts and runs each
+shard as one jitted call - data parallel over the mesh's ``data`` axis, tensor parallel over its
+``model`` axis (parameters and SAEs placed by :mod:`refusal_jax.sharding`). Every finished shard
+is written at once, atomically, to ``<out>/shards/<kind>-<index>.safetensors``, next to
+``<out>/manifest.json`` (what the sweep computes, keyed by a content hash of its inputs: prompts,
+settings, the model's and SAEs' configs, dtypes and sampled values, the direction, the patch).
+Run it again on the same folder and finished shards are not recomputed; a folder made for other
+inputs is refused. When all shards exist they are merged into ``<out>/<kind>.safetensors`` in
+prompt order.
 
     python -m refusal_jax.sweep laig --out runs/sweep1 --n-prompts 512 --shard-size 32
     python -m refusal_jax.sweep generate --out runs/gen1 --max-new-tokens 64
+    refusal-jax sweep laig --model-dir M --sae-dir S --data-dir D --out runs/s --model-parallel 4
 
-(on the organism by default; ``--model-dir/--sae-dir/--data-dir`` for a real model, ``--model-
-parallel N`` for tensor parallelism over N devices, the rest data parallel).
+(on the organism by default; ``--model-dir/--sae-dir/--data-dir`` for a real model,
+``--model-parallel N`` for tensor parallelism over N devices, the other devices data parallel;
+``--multihost`` on every host of a pod or cluster.)
 
-Out of memory: :func:`oom_guard` turns XLA's RESOURCE_EXHAUSTED into a :class:`OutOfMemory`
-error that says what to change; ``auto_shrink=True`` retries a failing shard in halves instead.
+Memory settings (``alpha_batch``, ``remat``) do not change results beyond float32 summation
+order and are not part of the key: after an out-of-memory error, rerun the same folder with
+``--remat`` or ``--alpha-batch`` and the sweep continues. :func:`oom_guard` turns XLA's
+RESOURCE_EXHAUSTED into an :class:`OutOfMemory` error that says what to change;
+``auto_shrink=True`` retries a failing shard in halves instead.
+
+Multi-host: every process runs the same sweep on the same inputs; process 0 decides which
+shards are missing and writes all files (put ``--out`` on a disk process 0 can write; other
+processes return ``results=None``).
 """
 
 from __future__ import annotations
@@ -23,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +44,19 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from refusal_jax.runs import content_key, load_arrays, save_arrays_atomic, write_json_atomic
+from refusal_jax.patches import check_patch_rows, patch_rows
+from refusal_jax.runs import (
+    content_key,
+    load_arrays,
+    read_json,
+    save_arrays_atomic,
+    write_json_atomic,
+)
+from refusal_jax.sharding import DATA, is_primary, shard_batch, to_host
+
+KINDS = ("laig", "generate")
+# SweepConfig fields that only trade memory for time: not part of a sweep's key.
+MEMORY_FIELDS = ("alpha_batch", "remat")
 
 
 class OutOfMemory(MemoryError):
@@ -48,7 +70,7 @@ def _is_oom(err: BaseException) -> bool:
 @contextlib.contextmanager
 def oom_guard(what: str, advice: str):
     """Re-raise an XLA out-of-memory error as :class:`OutOfMemory` naming ``what`` ran out and
-    ``advice`` (which flags to lower)."""
+    ``advice`` (which settings to lower)."""
     try:
         yield
     except Exception as err:  # XLA raises JaxRuntimeError / XlaRuntimeError
@@ -59,25 +81,117 @@ def oom_guard(what: str, advice: str):
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
-    kind: str  # "laig" or "generate"
+    """What a sweep computes and how.
+
+    kind: "laig" (position-mean LA-IG feature attributions) or "generate" (greedy tokens).
+    shard_size: prompts per shard (one jitted call; a multiple of the data-parallel devices).
+    n_steps, alpha_rule, error_mode: LA-IG settings (:func:`refusal_jax.laig.la_ig`);
+    skip_positions: positions after padding left out of the position mean (BOS).
+    per_prompt: store attributions per prompt [N, L, d_sae]; False stores only their sum over
+      prompts [L, d_sae] (what global feature selection needs; small for wide SAEs).
+    max_new_tokens: generation length.
+    trim_padding: 0 keeps every shard at the padded length of the whole set (one compilation);
+      k > 0 drops a shard's leading all-padding columns, keeping its length a multiple of k
+      (less work on sets of mixed lengths; one compilation per length).
+    alpha_batch, remat: memory settings (:data:`MEMORY_FIELDS`), see :func:`la_ig`.
+    """
+
+    kind: str
     shard_size: int = 32
-    # laig
     n_steps: int = 10
+    alpha_rule: str = "left"
     error_mode: str = "paper"
     skip_positions: int = 1
-    alpha_batch: int | None = None
-    remat: bool = False
-    # generate
+    per_prompt: bool = True
     max_new_tokens: int = 64
+    trim_padding: int = 0
+    alpha_batch: int | None = None
+    remat: bool | str = False
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown sweep kind {self.kind!r} (one of {KINDS})")
+        for name in ("shard_size", "n_steps", "max_new_tokens"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"SweepConfig.{name} must be a positive int, got {v!r}")
+        if not isinstance(self.trim_padding, int) or self.trim_padding < 0:
+            raise ValueError(f"trim_padding must be an int >= 0, got {self.trim_padding!r}")
+        if self.alpha_batch is not None and (
+            not isinstance(self.alpha_batch, int) or self.alpha_batch < 1
+        ):
+            raise ValueError(f"alpha_batch must be a positive int or None, got {self.alpha_batch}")
+
+    def key_fields(self) -> dict:
+        """The fields that determine the results (hashed into the sweep's key)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k not in MEMORY_FIELDS}
 
 
+# ----------------------------------------------------------------------------- fingerprints
+def _corners(a) -> list:
+    """Shape, dtype and the values of two small corner blocks of an array (static slices: no
+    gather of a sharded array, exact values whatever the layout)."""
+    shape = tuple(int(s) for s in np.shape(a))
+    if not shape:
+        return [str(a.dtype), [], to_host(a).tolist()]
+    lo = tuple(slice(0, min(s, 4)) for s in shape)
+    hi = tuple(slice(max(s - 4, 0), s) for s in shape)
+    vals = [to_host(a[lo]), to_host(a[hi])]
+    return [str(a.dtype), list(shape), [np.asarray(v, np.float64).ravel().tolist() for v in vals]]
+
+
+def fingerprint(tree) -> list:
+    """A JSON-able summary of a pytree that changes when the model / SAEs / patch change:
+    its structure (incl. static configs), every leaf's shape and dtype, and sampled values."""
+    if tree is None:
+        return []
+    leaves, treedef = jax.tree.flatten(tree)
+    return [str(treedef)] + [_corners(x if hasattr(x, "dtype") else np.asarray(x)) for x in leaves]
+
+
+# ----------------------------------------------------------------------------- multi-host
+def _broadcast(x: np.ndarray) -> np.ndarray:
+    """Process 0's value of ``x`` in every process (identity on one host)."""
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(x))
+
+
+def _processes_agree(key: str) -> bool:
+    if jax.process_count() == 1:
+        return True
+    from jax.experimental import multihost_utils
+
+    got = np.asarray(multihost_utils.process_allgather(np.frombuffer(key.encode(), np.uint8)))
+    return bool((got == got[:1]).all())
+
+
+# ----------------------------------------------------------------------------- shards
 def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
     if len(a) == n:
         return a
     return np.concatenate([a, np.repeat(a[-1:], n - len(a), 0)])
 
 
-def _laig_shard(params, cfg, saes, ids, mask, direction, refusal_token, sc: SweepConfig):
+def _trim(ids: np.ndarray, mask: np.ndarray, multiple: int):
+    """Drop leading columns that are padding in every row (length kept a multiple)."""
+    if not multiple:
+        return ids, mask
+    T = ids.shape[1]
+    used = np.flatnonzero(mask.any(axis=0))
+    need = T - (int(used[0]) if len(used) else T - 1)
+    keep = min(T, -(-need // multiple) * multiple)
+    return ids[:, T - keep :], mask[:, T - keep :]
+
+
+_PER_PROMPT = ("attributions", "jailbreak_token", "tokens", "lengths")
+_SUMMED = ("attribution_sum", "n_prompts")  # sums over a shard's real prompts
+
+
+def _laig_shard(params, cfg, saes, ids, mask, n_real, direction, refusal_token, sc):
     from refusal_jax.laig import feature_attributions, la_ig, position_weights
 
     res = la_ig(
@@ -88,23 +202,37 @@ def _laig_shard(params, cfg, saes, ids, mask, direction, refusal_token, sc: Swee
         direction,
         refusal_token=refusal_token,
         n_steps=sc.n_steps,
+        alpha_rule=sc.alpha_rule,
         error_mode=sc.error_mode,
         alpha_batch=sc.alpha_batch,
         remat=sc.remat,
     )
     attr = feature_attributions(res, saes, position_weights(mask, skip=sc.skip_positions))
-    return {
-        "attributions": np.asarray(attr).transpose(1, 0, 2),  # [B, L, d_sae]
-        "metric": np.asarray(res.metric),  # [n_steps], summed over the (padded) shard batch
-        "jailbreak_token": np.asarray(res.runs.jailbreak_token),
+    out = {
+        "metric": res.metric,  # [n_steps], summed over the shard's rows (incl. padding rows)
+        "jailbreak_token": res.runs.jailbreak_token,
     }
+    if sc.per_prompt:
+        out["attributions"] = jnp.swapaxes(attr, 0, 1)  # [B, L, d_sae]
+    else:
+        out["attribution_sum"] = attr[:, :n_real].sum(axis=1)  # [L, d_sae], float32
+        out["n_prompts"] = np.asarray([n_real], np.int64)  # [1]: safetensors has no scalars
+    return to_host(out)
 
 
-def _generate_shard(params, cfg, ids, mask, patch, sc: SweepConfig):
+def _generate_shard(params, cfg, ids, mask, patch, sc):
     from refusal_jax.model import generate
 
     out = generate(params, cfg, ids, mask, max_new_tokens=sc.max_new_tokens, patch=patch)
-    return {"tokens": np.asarray(out.tokens), "lengths": np.asarray(out.lengths)}
+    return to_host({"tokens": out.tokens, "lengths": out.lengths})
+
+
+def _merge_part(key, arrays):
+    if key in _PER_PROMPT:
+        return np.concatenate(arrays, axis=0)
+    if key in _SUMMED:
+        return np.sum(np.stack(arrays), axis=0)
+    return np.stack(arrays)  # per-shard values (the metric per alpha)
 
 
 def run_sweep(
@@ -126,39 +254,48 @@ def run_sweep(
     shard_fn: Callable | None = None,
 ) -> dict:
     """Run (or resume) a sweep; returns ``{"done": bool, "computed": [shard indices computed
-    now], "results": merged arrays or None}``.
+    now], "n_shards": int, "results": merged arrays or None}``.
 
     ids/mask [N, T] numpy (left padded). ``kind="laig"`` needs ``saes``, ``direction`` and
-    ``refusal_token`` and stores per-prompt position-mean attributions [N, L, d_sae]; ``kind=
-    "generate"`` stores greedy tokens [N, max_new_tokens] and lengths (``patch`` optional, global
-    patches only). ``mesh``: shards run data parallel over its ``data`` axis (``shard_size`` must
-    be a multiple of it); params/SAEs should already be placed (:mod:`refusal_jax.sharding`).
+    ``refusal_token`` and stores position-mean attributions per prompt [N, L, d_sae] (or their
+    sum, ``per_prompt=False``), the jailbreak token per prompt and the metric per shard and
+    alpha; ``kind="generate"`` stores greedy tokens [N, max_new_tokens] and lengths [N]
+    (``patch`` optional; a per-sample patch must be built for the N prompts).
+    ``mesh``: shards run data parallel over its ``data`` axis (``shard_size`` must be a
+    multiple of it); params/SAEs should already be placed (:mod:`refusal_jax.sharding`).
     ``max_new_shards`` stops after that many newly computed shards (a deliberate interruption).
-    ``shard_fn`` replaces the per-shard computation (tests).
+    ``shard_fn(ids, mask) -> dict`` replaces the per-shard computation (tests).
     """
-    from refusal_jax.sharding import DATA, shard_batch
-
     ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
     if ids.ndim != 2 or ids.shape != mask.shape or len(ids) == 0:
         raise ValueError(f"ids {ids.shape} and mask {mask.shape}: expected equal [N, T], N > 0")
-    if sc.kind not in ("laig", "generate"):
-        raise ValueError(f"unknown sweep kind {sc.kind!r} (laig or generate)")
     if sc.kind == "laig" and (saes is None or direction is None or refusal_token is None):
         raise ValueError("a laig sweep needs saes, direction and refusal_token")
+    if sc.kind == "laig" and patch is not None:
+        raise ValueError("a laig sweep takes no patch (the ablation is LA-IG's own)")
     if mesh is not None and sc.shard_size % mesh.shape[DATA]:
         raise ValueError(
             f"shard_size {sc.shard_size} is not a multiple of the {mesh.shape[DATA]} "
             "data-parallel devices"
         )
+    check_patch_rows(patch, len(ids))
+    if direction is not None:
+        direction = np.asarray(direction, np.float32)
+    primary = is_primary()
     out = Path(out_dir)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
     key = content_key(
-        dataclasses.asdict(sc),
+        sc.key_fields(),
         ids,
         mask,
-        None if direction is None else np.asarray(direction, np.float32),
+        direction,
         refusal_token,
+        cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg),
+        fingerprint(params),
+        fingerprint(saes) if sc.kind == "laig" else [],
+        fingerprint(patch),
     )
+    if not _processes_agree(key):
+        raise ValueError("the processes of this multi-host sweep were given different inputs")
     n_shards = -(-len(ids) // sc.shard_size)
     manifest_path = out / "manifest.json"
     manifest = {
@@ -166,21 +303,31 @@ def run_sweep(
         "config": dataclasses.asdict(sc),
         "n_prompts": len(ids),
         "n_shards": n_shards,
+        "shards": f"shards/{sc.kind}-#####.safetensors",
+        "merged": f"{sc.kind}.safetensors",
     }
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old.get("key") != key:
-            raise ValueError(
-                f"{out} holds a sweep of other inputs or settings (key {old.get('key')} != "
-                f"{key}): use a new --out folder"
-            )
-    else:
-        write_json_atomic(manifest_path, manifest)
 
     def shard_path(i):
         return out / "shards" / f"{sc.kind}-{i:05d}.safetensors"
 
-    def compute(b_ids, b_mask):
+    status = np.zeros(n_shards + 1, np.int8)  # [key mismatch, shard i exists...]
+    old_key = None
+    if primary:
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+        if manifest_path.exists():
+            old_key = read_json(manifest_path).get("key")
+            status[0] = old_key != key
+        else:
+            write_json_atomic(manifest_path, manifest)
+        status[1:] = [shard_path(i).exists() for i in range(n_shards)]
+    status = _broadcast(status)
+    if status[0]:
+        raise ValueError(
+            f"{out} holds a sweep of other inputs or settings (key {old_key} != {key}; "
+            "memory settings aside, everything that changes results is keyed): use a new folder"
+        )
+
+    def compute(b_ids, b_mask, b_patch, n_real):
         if shard_fn is not None:
             return shard_fn(b_ids, b_mask)
         if mesh is not None:
@@ -189,39 +336,51 @@ def run_sweep(
             b_ids, b_mask = jnp.asarray(b_ids), jnp.asarray(b_mask)
         if sc.kind == "laig":
             return _laig_shard(
-                params, cfg, saes, b_ids, b_mask, jnp.asarray(direction), refusal_token, sc
+                params, cfg, saes, b_ids, b_mask, n_real, direction, refusal_token, sc
             )
-        return _generate_shard(params, cfg, b_ids, b_mask, patch, sc)
+        return _generate_shard(params, cfg, b_ids, b_mask, b_patch, sc)
 
-    def compute_guarded(b_ids, b_mask):
-        advice = (
-            f"lower --shard-size (now {len(b_ids)})"
-            + (", pass --alpha-batch (alpha steps at once) or --remat" if sc.kind == "laig" else "")
-            + ", use bfloat16 weights, or add devices (--model-parallel for a model that does "
-            "not fit)"
+    def compute_guarded(b_ids, b_mask, b_patch, n_real):
+        advice = [f"lower --shard-size (now {len(b_ids)}, prompts of {b_ids.shape[1]} tokens)"]
+        if sc.kind == "laig" and (sc.alpha_batch or 1) > 1:
+            advice.append(f"lower --alpha-batch (now {sc.alpha_batch} alpha steps at once)")
+        if sc.kind == "laig" and not sc.remat:
+            advice.append("pass --remat (recompute layers in the backward pass)")
+        advice.append(
+            "use --dtype bfloat16, add devices (--model-parallel N splits the model over N), "
+            "or pass --auto-shrink to halve failing shards"
         )
+        advice = ", ".join(advice)
         try:
             with oom_guard(f"a {sc.kind} shard of {len(b_ids)} prompts", advice):
-                return compute(b_ids, b_mask)
+                return compute(b_ids, b_mask, b_patch, n_real)
         except OutOfMemory:
             unit = 1 if mesh is None else mesh.shape[DATA]
             half = (len(b_ids) // 2) // unit * unit
             if not auto_shrink or half < unit:
                 raise
-            parts = [compute_guarded(b_ids[:half], b_mask[:half])]
-            parts.append(compute_guarded(b_ids[half:], b_mask[half:]))
-            # per-prompt arrays concatenate; batch sums (the LA-IG metric) add up
+            spans = ((0, half, min(n_real, half)), (half, len(b_ids) - half, max(n_real - half, 0)))
+            parts = [
+                compute_guarded(
+                    b_ids[s : s + size], b_mask[s : s + size], patch_rows(b_patch, s, size), n
+                )
+                for s, size, n in spans
+            ]
+            # per-prompt arrays concatenate; batch sums (metric, attribution sums) add up
             return {
                 k: np.concatenate([p[k] for p in parts])
                 if k in _PER_PROMPT
-                else sum(p[k] for p in parts)
+                else sum(np.asarray(p[k]) for p in parts)
                 for k in parts[0]
             }
 
     computed = []
-    todo = [i for i in range(n_shards) if not shard_path(i).exists()]
+    todo = [i for i in range(n_shards) if not status[1 + i]]
     bar = tqdm(
-        total=n_shards, initial=n_shards - len(todo), desc=f"sweep {sc.kind}", disable=not progress
+        total=n_shards,
+        initial=n_shards - len(todo),
+        desc=f"sweep {sc.kind}",
+        disable=not (progress and primary),
     )
     for i in todo:
         if max_new_shards is not None and len(computed) >= max_new_shards:
@@ -230,80 +389,191 @@ def run_sweep(
         n = min(sc.shard_size, len(ids) - lo)
         b_ids = _pad_rows(ids[lo : lo + n], sc.shard_size)
         b_mask = _pad_rows(mask[lo : lo + n], sc.shard_size)
+        b_ids, b_mask = _trim(b_ids, b_mask, sc.trim_padding)
         t0 = time.perf_counter()
-        res = compute_guarded(b_ids, b_mask)
-        res = {k: (v[:n] if k in _PER_PROMPT else v) for k, v in res.items()}
-        save_arrays_atomic(shard_path(i), res)
+        res = compute_guarded(b_ids, b_mask, patch_rows(patch, lo, sc.shard_size), n)
+        res = {k: (np.asarray(v)[:n] if k in _PER_PROMPT else v) for k, v in res.items()}
+        if primary:
+            save_arrays_atomic(shard_path(i), res)
         computed.append(i)
         bar.set_postfix_str(f"{n / (time.perf_counter() - t0):.2f} prompts/s")
         bar.update(1)
     bar.close()
-    done = all(shard_path(i).exists() for i in range(n_shards))
+    done = len(todo) == len(computed)
     merged = None
-    if done:
+    if done and primary:
         parts = [load_arrays(shard_path(i)) for i in range(n_shards)]
         merged = {k: _merge_part(k, [p[k] for p in parts]) for k in parts[0]}
         save_arrays_atomic(out / f"{sc.kind}.safetensors", merged)
+        write_json_atomic(manifest_path, manifest | {"complete": True})
     return {"done": done, "computed": computed, "results": merged, "n_shards": n_shards}
 
 
-_PER_PROMPT = ("attributions", "jailbreak_token", "tokens", "lengths")
-
-
-def _merge_part(key, arrays):
-    if key in _PER_PROMPT:
-        return np.concatenate(arrays, axis=0)
-    return np.stack(arrays)  # per-shard values (e.g. the metric per alpha)
-
-
 # ----------------------------------------------------------------------------- CLI
-def main(argv=None) -> dict:
-    from refusal_jax.runs import add_subject_arguments, load_subject
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    from refusal_jax.runs import add_subject_arguments
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("kind", choices=("laig", "generate"))
+    p.add_argument("kind", choices=KINDS)
     add_subject_arguments(p)
     p.add_argument("--out", required=True, help="sweep folder (rerun with the same to resume)")
-    p.add_argument("--n-prompts", type=int, default=None, help="first N harmful prompts")
-    p.add_argument("--shard-size", type=int, default=32)
-    p.add_argument("--n-steps", type=int, default=10)
-    p.add_argument("--alpha-batch", type=int, default=None)
-    p.add_argument("--remat", action="store_true")
+    p.add_argument(
+        "--split",
+        default="harmful_train",
+        help="prompt set: refusal_direction split name (harmful_train, harmless_val, ...); on "
+        "the organism harmful_/harmless_ + train/val/test",
+    )
+    p.add_argument("--n-prompts", type=int, default=None, help="the first N prompts of --split")
+    p.add_argument("--shard-size", type=int, default=32, help="prompts per shard (jitted call)")
+    p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
+    p.add_argument("--sum-only", action="store_true", help="store attribution sums only")
+    p.add_argument("--direction", help="refusal direction file (.npy or .safetensors 'direction')")
+    p.add_argument("--best-layer", type=int, default=None, help="layer of the direction")
+    p.add_argument(
+        "--direction-prompts",
+        type=int,
+        default=64,
+        help="harmful/harmless train prompts for the direction (cached in --out)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--trim-padding", type=int, default=0, help="see SweepConfig.trim_padding")
+    p.add_argument(
+        "--alpha-batch",
+        type=int,
+        default=None,
+        help="LA-IG alpha steps at once (default 1; more is faster and needs more memory)",
+    )
+    p.add_argument(
+        "--remat",
+        nargs="?",
+        const="full",
+        default=False,
+        choices=("full", "dots"),
+        help="recompute layers in LA-IG's backward pass (memory)",
+    )
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--model-parallel", type=int, default=1, help="devices per model replica")
-    p.add_argument("--auto-shrink", action="store_true", help="halve a shard on OOM")
+    p.add_argument("--auto-shrink", action="store_true", help="halve a shard on out-of-memory")
+    p.add_argument("--multihost", action="store_true", help="join a multi-host job first")
+    p.add_argument("--coordinator", help="multi-host coordinator host:port (else automatic)")
+    p.add_argument("--num-processes", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+
+
+def _load(args, mesh, dtype):
+    """(cfg, params, tokenizer, saes, organism): loaded straight onto the mesh's shards."""
+    from refusal_jax.runs import load_saes
+    from refusal_jax.sharding import host_device, shard_saes
+
+    if args.model_dir:
+        from transformers import AutoTokenizer
+
+        from refusal_jax.checkpoint import load_model
+
+        if args.kind == "laig" and not args.sae_dir:
+            raise SystemExit("--model-dir needs --sae-dir (SAEs for that model) for laig")
+        cfg, params = load_model(args.model_dir, mesh=mesh, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+        organism, sae_dir = False, args.sae_dir
+    else:
+        from ports.hf import load_hf
+        from refusal_jax.organism import ARTIFACTS, MODEL_DIR
+        from refusal_jax.organism.tokenizer import load_tokenizer
+
+        cfg, params = load_hf(MODEL_DIR, dtype=dtype, mesh=mesh)
+        tokenizer, organism = load_tokenizer(MODEL_DIR), True
+        sae_dir = args.sae_dir or ARTIFACTS / "saes"
+    saes = None
+    if args.kind == "laig":
+        with host_device():  # SAEs go to the devices only as shards
+            saes = load_saes(sae_dir, cfg.n_layers, args.sae_width, args.target_l0)
+        saes = shard_saes(saes, mesh, dtype)
+    return cfg, params, tokenizer, saes, organism
+
+
+def _prompts(args, organism: bool, split: str, n: int | None) -> list[str]:
+    if organism:
+        from refusal_jax.organism.corpus import build_corpus
+
+        kind, _, part = split.partition("_")
+        if kind not in ("harmful", "harmless") or part not in ("train", "val", "test"):
+            raise SystemExit(
+                f"--split {split!r}: on the organism use harmful_ or harmless_ + train, val or test"
+            )
+        corpus = build_corpus(seed=0)
+        return corpus.prompts(part, harmful=kind == "harmful", wrapped=False)[:n]
+    from refusal_jax import data
+
+    return data.split(args.data_dir, split, n)
+
+
+def _direction(args, out: Path, params, cfg, tokenizer, organism, encode) -> np.ndarray:
+    """The refusal direction: from --direction, from the cache in --out, or computed
+    (difference in means on --direction-prompts train prompts, best layer by ablation)."""
+    if args.direction:
+        path = Path(args.direction)
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False).astype(np.float32)
+        return load_arrays(path)["direction"].astype(np.float32)
+    n, best = args.direction_prompts, args.best_layer
+    cache = out / f"direction-n{n}-layer{'auto' if best is None else best}.safetensors"
+    found = np.asarray([cache.exists() if is_primary() else 0], np.int8)
+    if _broadcast(found)[0]:
+        d = load_arrays(cache)["direction"] if is_primary() else np.zeros(cfg.d_model, np.float32)
+        return _broadcast(np.asarray(d, np.float32))
     from refusal_jax.direction import refusal_directions
+    from refusal_jax.pipeline import choose_best_layer, refusal_token
+
+    harm = encode(_prompts(args, organism, "harmful_train", n))
+    safe = encode(_prompts(args, organism, "harmless_train", n))
+    dirs = np.asarray(to_host(refusal_directions(params, cfg, harm, safe)[0]))
+    if best is None:
+        best, _ = choose_best_layer(params, cfg, dirs, *harm, refusal_token(tokenizer))
+    d = _broadcast(np.asarray(dirs[best], np.float32))
+    if is_primary():
+        out.mkdir(parents=True, exist_ok=True)
+        save_arrays_atomic(cache, {"direction": d, "layer": np.int64(best)})
+    return d
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(
+        prog="refusal-jax sweep", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    add_sweep_arguments(p)
+    return run_cli(p.parse_args(argv))
+
+
+def run_cli(args) -> dict:
+    """The sweep command (``python -m refusal_jax.sweep`` / ``refusal-jax sweep``)."""
+    if args.multihost:
+        from refusal_jax.sharding import initialize_multihost
+
+        initialize_multihost(args.coordinator, args.num_processes, args.process_id)
     from refusal_jax.pipeline import refusal_token
     from refusal_jax.prompts import encode_prompts
-    from refusal_jax.sharding import make_mesh, shard_params, shard_saes
+    from refusal_jax.sharding import make_mesh
 
-    subject = load_subject(args)
-    cfg, params, tok, saes = subject.cfg, subject.params, subject.tokenizer, subject.saes
-    harmful, harmless = _sweep_prompts(subject, args)
     mesh = make_mesh(model=args.model_parallel)
-    params, saes = shard_params(params, cfg, mesh), shard_saes(saes, mesh)
-    enc = lambda xs: encode_prompts(tok, xs, max_length=cfg.max_position_embeddings)
-    ids, mask = enc(harmful)
+    dtype = jnp.dtype(args.dtype)
+    cfg, params, tok, saes, organism = _load(args, mesh, dtype)
+    encode = lambda xs: encode_prompts(tok, xs, max_length=cfg.max_position_embeddings)
+    ids, mask = encode(_prompts(args, organism, args.split, args.n_prompts))
     sc = SweepConfig(
         kind=args.kind,
         shard_size=args.shard_size,
         n_steps=args.n_steps,
-        skip_positions=subject.skip_positions,
+        skip_positions=1 if args.skip_positions is None else args.skip_positions,
+        per_prompt=not args.sum_only,
+        max_new_tokens=args.max_new_tokens,
+        trim_padding=args.trim_padding,
         alpha_batch=args.alpha_batch,
         remat=args.remat,
-        max_new_tokens=args.max_new_tokens,
     )
     direction, rt = None, None
     if args.kind == "laig":
-        from refusal_jax.pipeline import choose_best_layer
-
         rt = refusal_token(tok)
-        h, s = (ids, mask), enc(harmless)
-        dirs = refusal_directions(params, cfg, h, s)[0]
-        best, _ = choose_best_layer(params, cfg, dirs, *h, rt)
-        direction = np.asarray(dirs[best])
+        direction = _direction(args, Path(args.out), params, cfg, tok, organism, encode)
     res = run_sweep(
         params,
         cfg,
@@ -318,31 +588,27 @@ def main(argv=None) -> dict:
         auto_shrink=args.auto_shrink,
         progress=not args.quiet,
     )
-    print(
-        f"{res['n_shards']} shards ({len(res['computed'])} computed now) on "
-        f"{mesh.shape['data']} x {mesh.shape['model']} devices -> {args.out}"
-    )
+    if is_primary():
+        print(
+            f"{res['n_shards']} shards ({len(res['computed'])} computed now) on "
+            f"{mesh.shape[DATA]} x {mesh.shape['model']} devices "
+            f"({jax.process_count()} process(es)) -> {args.out}"
+        )
     return res
 
 
-def _sweep_prompts(subject, args):
-    n = args.n_prompts
-    if subject.organism:
-        from refusal_jax.organism.corpus import build_corpus
-
-        corpus = build_corpus(seed=0)
-        harmful = corpus.prompts("train", harmful=True, wrapped=False)[:n]
-        harmless = corpus.prompts("train", harmful=False, wrapped=False)[:64]
-        return harmful, harmless
-    from refusal_jax import data
-
-    return data.split(args.data_dir, "harmful_train", n), data.split(
-        args.data_dir, "harmless_train", 64
-    )
-
-
-__all__ = ["OutOfMemory", "SweepConfig", "main", "oom_guard", "run_sweep"]
+__all__ = [
+    "KINDS",
+    "MEMORY_FIELDS",
+    "OutOfMemory",
+    "SweepConfig",
+    "add_sweep_arguments",
+    "fingerprint",
+    "main",
+    "oom_guard",
+    "run_cli",
+    "run_sweep",
+]
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    jax.effects_barrier()

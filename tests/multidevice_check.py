@@ -94,6 +94,14 @@ def main() -> None:
             a.sharding == b.sharding and bool((np.asarray(a) == np.asarray(b)).all())
             for a, b in zip(jax.tree.leaves(p_orbax), jax.tree.leaves(p))
         )
+        # bfloat16 while restoring, still onto the shards
+        _, p_bf16 = load_model(tmp / "orbax", mesh=mesh, dtype=jnp.bfloat16)
+        bf16_ok = all(
+            a.dtype == jnp.bfloat16
+            and a.sharding == b.sharding
+            and bool((np.asarray(a) == np.asarray(b.astype(jnp.bfloat16))).all())
+            for a, b in zip(jax.tree.leaves(p_bf16), jax.tree.leaves(p))
+        )
         s = shard_saes(saes, mesh)
         i, m = shard_batch(mesh, ids, mask)
         got = compute(p, s, i, m)
@@ -106,6 +114,9 @@ def main() -> None:
             "q_spec": [str(x) for x in q_spec],
             "q_shards": len(p["layers"]["q"].addressable_shards),
             "orbax_sharded_load_equal": orbax_ok,
+            "orbax_bf16_sharded_load_equal": bf16_ok,
+            "k_spec": [str(x) for x in p["layers"]["k"].sharding.spec],
+            "sae_w_dec_spec": [str(x) for x in s.W_dec.sharding.spec],
             "logits_max_abs_err": float(np.abs(got["logits"] - ref["logits"]).max()),
             "tokens_equal": bool((got["tokens"] == ref["tokens"]).all()),
             "attr_max_rel_err": float(np.abs(got["attr"] - ref["attr"]).max() / scale),

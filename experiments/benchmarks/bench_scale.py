@@ -7,8 +7,9 @@
    and stays exact (attributions compared with the 1-device run), not a speed-up; on real
    devices each one gets its own share of the batch.
 2. Peak temporary memory of the compiled LA-IG program on one long prompt with and without
-   ``remat`` (``jax.jit(...).lower(...).compile().memory_analysis().temp_size_in_bytes``: XLA's
-   own buffer assignment, independent of load).
+   ``remat`` ("full" and "dots") and with fewer alpha steps at once (``alpha_batch``)
+   (``jax.jit(...).lower(...).compile().memory_analysis().temp_size_in_bytes``: XLA's own buffer
+   assignment, independent of load; nothing is run).
 
     python experiments/benchmarks/bench_scale.py --results experiments/benchmarks/RESULTS.md
 """
@@ -33,6 +34,9 @@ MODEL = dict(
     sliding_window=4096,
 )  # fmt: skip
 D_SAE = 4096
+# (remat, alpha_batch) settings measured on the long prompt
+# (alpha_batch None: one alpha step at a time, the default; 10: all N = 10 steps at once)
+MEMORY_SETTINGS = ((False, None), (True, None), ("dots", None), (False, 10), (True, 10), (True, 2))
 
 
 def _setup(seq: int, batch: int):
@@ -76,13 +80,13 @@ def worker(args) -> dict:
     if args.worker == "remat":
         cfg, params, _, ids, mask, direction = _setup(args.long_seq, 1)
         out = {}
-        for remat in (False, True):
+        for remat, alpha_batch in MEMORY_SETTINGS:
             lowered = la_ig_fn.lower(
                 params, cfg, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(direction), 5, -1,
-                jnp.linspace(0, 0.9, args.n_steps), "paper", None, remat,
+                jnp.linspace(0, 0.9, args.n_steps), "paper", alpha_batch, remat,
             )  # fmt: skip
             mem = lowered.compile().memory_analysis()
-            out[f"remat={remat}"] = mem.temp_size_in_bytes / 2**20
+            out[f"{remat}/{alpha_batch}"] = mem.temp_size_in_bytes / 2**20
         return out
     cfg, params, saes, ids, mask, direction = _setup(args.seq, args.batch)
     mesh = make_mesh(data=args.data, model=args.model)
@@ -175,13 +179,18 @@ def main(argv=None) -> None:
             f"{diff:.1e} |"
         )
     mem = _spawn(1, ["--worker", "remat", "--long-seq", str(args.long_seq)] + common)
+    base = mem["False/None"]
     lines += [
         "",
-        f"LA-IG on one {args.long_seq}-token prompt, compiled temporary memory "
-        f"(memory_analysis().temp_size_in_bytes): without remat {mem['remat=False']:.0f} MB, "
-        f"with remat {mem['remat=True']:.0f} MB "
-        f"({mem['remat=False'] / mem['remat=True']:.1f}x less).",
+        f"LA-IG (N = {args.n_steps}) on one {args.long_seq}-token prompt: compiled temporary "
+        "memory (memory_analysis().temp_size_in_bytes)",
+        "",
+        "| remat | alpha_batch | temp memory (MB) | vs the default (no remat, 1 step at a time) |",
+        "|---|---|---|---|",
     ]
+    for remat, alpha_batch in MEMORY_SETTINGS:
+        mb = mem[f"{remat}/{alpha_batch}"]
+        lines.append(f"| {remat} | {alpha_batch or '1 (default)'} | {mb:.0f} | {mb / base:.2f}x |")
     text = "\n".join(lines)
     print(text)
     if args.results:
