@@ -6,14 +6,18 @@ under each intervention; refusal induction on harmless prompts with the set-clam
     python experiments/benchmark.py --model-dir M --sae-dir S --data-dir D \\
         --classifier-dir converted/HarmBench-Llama-2-13b-cls --text-file wikitext.txt
 
+--protocol paper (default; the reference code's): direction, LA-IG and feature sets per
+evaluation dataset, from its own prompts, ours and la clamped with one set per prompt;
+--protocol heldout: one direction and global sets from the training prompts for every dataset.
+
 On the organism the harmful "datasets" are its held-out plain requests and its held-out
 designed-to-fail jailbreak wrappers (which it refuses); plain text is its held-out prose. On a
 real model: harmbench_test, jailbreakbench and advbench (first --n-prompts of each), harmless
 evaluation prompts from splits/harmless_test, plain text one paragraph per line of --text-file
-(default: the harmless prompts' raw text).
+(default: the harmless evaluation prompts' raw text, without the chat template).
 
 Writes ``results.json`` (schema in experiments/README.md), ``jailbreak.png`` and
-``induction.png``; ``--resume RUN`` reuses cached responses and attributions.
+``induction.png``; ``--resume RUN`` reuses cached feature sets, responses and scores.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from refusal_jax.benchmark import BenchmarkConfig, run_benchmark
+from refusal_jax.benchmark import PROTOCOLS, BenchmarkConfig, run_benchmark
+from refusal_jax.judges import PROMPTS, ClassifierJudge
 from refusal_jax.pipeline import METHODS, PipelineConfig
 from refusal_jax.runs import (
     Cache,
@@ -84,41 +89,58 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
-    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--protocol", choices=PROTOCOLS, default="paper")
+    p.add_argument(
+        "--n-train", type=int, default=None, help="training prompts of each kind (64; real: 260)"
+    )
     p.add_argument("--n-prompts", type=int, default=100, help="per dataset (the paper: 100)")
-    p.add_argument("--n-steps", type=int, default=10)
-    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
+    p.add_argument("--best-layer", type=int, default=None, help="default: chosen on training")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default 24 (organism), 256 (real)"
+    )
     p.add_argument("--clamp-value", type=float, default=None)
     p.add_argument(
         "--induction-values",
         default=None,
-        help="set-clamp values (default 10,15,20,25,30; organism 2,4,8,16,32)",
+        help="set-clamp values (default 10,15,20,25,30; organism 0.5,1,2,4,8)",
     )
     p.add_argument("--classifier-dir", help="HF causal-LM classifier (HarmBench prompt)")
+    p.add_argument("--classifier-prompt", choices=sorted(PROMPTS), default="harmbench")
+    p.add_argument("--classifier-dtype", choices=("float32", "bfloat16"), default="bfloat16")
     p.add_argument("--text-file", help="plain text for the CE measurement, one text per line")
     args = p.parse_args(argv)
     subject = load_subject(args)
+    args.n_train = args.n_train or (64 if subject.organism else 260)
     out = run_folder(args, "benchmark")
     d = _organism_data(args) if subject.organism else _real_data(args)
-    default_ind = "2,4,8,16,32" if subject.organism else "10,15,20,25,30"
+    default_ind = "0.5,1,2,4,8" if subject.organism else "10,15,20,25,30"
+    max_new = args.max_new_tokens or (24 if subject.organism else 256)
     pc = PipelineConfig(
+        best_layer=args.best_layer,
         n_steps=args.n_steps,
         n_candidates=subject.n_candidates,
         clamp_value=subject.clamp_value if args.clamp_value is None else args.clamp_value,
         compliance_prefixes=subject.compliance_prefixes,
         skip_positions=subject.skip_positions,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=max_new,
         seed=args.seed,
     )
     bc = BenchmarkConfig(
         pipeline=pc,
+        protocol=args.protocol,
         induction_values=tuple(float(x) for x in (args.induction_values or default_ind).split(",")),
+        n_induction=min(100, args.n_prompts),
     )
     classifier = None
     if args.classifier_dir:
-        from refusal_jax.judges import ClassifierJudge
+        import jax.numpy as jnp
 
-        classifier = ClassifierJudge.load(args.classifier_dir)
+        classifier = ClassifierJudge.load(
+            args.classifier_dir,
+            dtype=getattr(jnp, args.classifier_dtype),
+            template=PROMPTS[args.classifier_prompt],
+        )
     res = run_benchmark(
         subject.params, subject.cfg, subject.tokenizer, subject.saes, **d, bc=bc,
         cache=Cache(out / "cache"), classifier=classifier, progress=not args.quiet,

@@ -1,38 +1,44 @@
 """Harm categories (section 4.2): per-category direction, LA-IG and F*; common ("refusal") vs
-category-specific features; clamping specific features while holding the common ones at their
-clean activations and the reverse; normalized scores; cross-category transfer.
+category-specific features; clamping the specific features while holding the common ones at
+their clean activations and the reverse; normalized jailbreak scores; cross-category transfer.
 
     python experiments/categories.py                                   # the organism
     python experiments/categories.py --model-dir M --sae-dir S --data-dir D \\
-        --categories-csv CategoricalHarmfulQA.csv --best-layer 15
+        --categories-file catqa_english.json --best-layer 15
 
-Scores are first-token non-refusal rates on held-out prompts of each category (see
-refusal_jax/categories.py). On the organism the categories are its 8 harm categories (train
-split for the features, test split for the scores); on a real model the CSV's categories, the
-first half of each for the features and the second half for the scores.
+--protocol paper (default; the reference code's): features fitted on the same prompts they are
+scored on (50 per category); --protocol heldout: fitted on one part, scored on another. On the
+organism the categories are its 8 harm categories (paper: its held-out test prompts for both;
+heldout: train prompts for the features, test prompts for the scores); on a real model the
+categories of a CategoricalHarmfulQA file (by default the paper's 7 of its 11), the first
+--n-prompts of each (heldout: the first and second half).
 
-Writes ``results.json`` (schema in experiments/README.md), ``scores.png`` and
-``transfer.png``; ``--resume RUN`` reuses the cached feature sets.
+Writes ``results.json`` (schema in experiments/README.md), ``scores.png``, ``normalized.png`` and
+``transfer.png``; ``--resume RUN`` reuses the cached feature sets and responses.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from refusal_jax.categories import CategoryFeatures, category_features, category_interventions
-from refusal_jax.features import feature_set
-from refusal_jax.pipeline import PipelineConfig, choose_best_layer, refusal_token
-from refusal_jax.prompts import encode_prompts
+from refusal_jax.categories import (
+    PAPER_CATEGORIES,
+    cached_category_features,
+    category_interventions,
+    shared_features,
+)
+from refusal_jax.judges import PROMPTS, ClassifierJudge
+from refusal_jax.pipeline import PipelineConfig, shared_padding
 from refusal_jax.runs import (
     Cache,
     add_run_arguments,
     add_subject_arguments,
-    content_key,
     load_subject,
     run_folder,
     write_json_atomic,
@@ -40,105 +46,117 @@ from refusal_jax.runs import (
 
 
 def _data(subject, args):
+    """(feature prompts by category, scored prompts by category, harmless candidates)."""
     rng = random.Random(args.seed)
+    n = args.n_prompts
     if subject.organism:
         from refusal_jax.organism.corpus import HARM_CATEGORIES, build_corpus
 
         corpus = build_corpus(seed=0)
-        pick = lambda xs: rng.sample(xs, min(args.n_prompts, len(xs)))
-        train = {
-            c: pick(corpus.prompts("train", harmful=True, wrapped=False, category=c))
-            for c in HARM_CATEGORIES
-        }
-        test = {
-            c: pick(corpus.prompts("test", harmful=True, wrapped=False, category=c))
-            for c in HARM_CATEGORIES
-        }
-        harmless = pick(corpus.prompts("train", harmful=False, wrapped=False))
-        return train, test, harmless
+        pick = lambda xs, k: rng.sample(xs, min(k, len(xs)))
+        cats = args.categories.split(",") if args.categories else list(HARM_CATEGORIES)
+        unknown = sorted(set(cats) - set(HARM_CATEGORIES))
+        if unknown:
+            raise SystemExit(f"--categories {unknown}: the organism has {list(HARM_CATEGORIES)}")
+        prompts = lambda split, c: pick(
+            corpus.prompts(split, harmful=True, wrapped=False, category=c), n
+        )
+        test = {c: prompts("test", c) for c in cats}
+        fit = test if args.protocol == "paper" else {c: prompts("train", c) for c in cats}
+        harmless = pick(corpus.prompts("train", harmful=False, wrapped=False), n + 32)
+        return fit, test, harmless
     from refusal_jax import data
 
-    if not args.categories_csv:
-        raise SystemExit("--categories-csv is needed on a real model (CategoricalHarmfulQA)")
-    by_cat = data.categorical_harmful_qa(args.categories_csv)
-    train = {c: qs[: len(qs) // 2][: args.n_prompts] for c, qs in by_cat.items()}
-    test = {c: qs[len(qs) // 2 :][: args.n_prompts] for c, qs in by_cat.items()}
-    return train, test, data.split(args.data_dir, "harmless_train", args.n_prompts)
+    if not args.categories_file:
+        raise SystemExit("--categories-file is needed on a real model (CategoricalHarmfulQA)")
+    by_cat = data.categorical_harmful_qa(args.categories_file)
+    if args.categories:
+        cats = args.categories.split(",")
+    else:
+        cats = [c for c in PAPER_CATEGORIES if c in by_cat] or list(by_cat)
+    unknown = sorted(set(cats) - set(by_cat))
+    if unknown:
+        raise SystemExit(f"--categories {unknown} not in {args.categories_file}: {list(by_cat)}")
+    if args.protocol == "paper":
+        fit = test = {c: by_cat[c][:n] for c in cats}
+    else:
+        fit = {c: by_cat[c][: len(by_cat[c]) // 2][:n] for c in cats}
+        test = {c: by_cat[c][len(by_cat[c]) // 2 :][:n] for c in cats}
+    return fit, test, data.split(args.data_dir, "harmless_train", 2 * n + 32)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
-    p.add_argument("--categories-csv", help="CategoricalHarmfulQA-style CSV (real models)")
+    p.add_argument("--protocol", choices=("paper", "heldout"), default="paper")
+    p.add_argument("--categories-file", help="CategoricalHarmfulQA CSV / JSON (real models)")
+    p.add_argument("--categories", help="comma-separated subset of the categories")
     p.add_argument("--n-prompts", type=int, default=50, help="per category (the paper: 50)")
-    p.add_argument("--n-steps", type=int, default=10)
-    p.add_argument("--n-features", type=int, default=20)
+    p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
+    p.add_argument("--n-features", type=int, default=20, help="|F*| per category")
     p.add_argument("--best-layer", type=int, default=None)
     p.add_argument("--clamp-value", type=float, default=None)
     p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default 24 (organism), 256 (real)"
+    )
+    p.add_argument(
         "--min-share",
         type=float,
-        default=None,
-        help="common = features in at least this share of the categories' F* (default 1: all, "
-        "the paper; 0.75 on the organism, whose strict intersection over 8 categories is empty)",
+        default=1.0,
+        help="common = features in at least this share of the categories' F* (1: in all, the "
+        "paper's intersection)",
     )
+    p.add_argument("--no-transfer", action="store_true", help="skip the transfer matrix")
+    p.add_argument("--classifier-dir", help="HF causal-LM classifier (HarmBench prompt)")
+    p.add_argument("--classifier-prompt", choices=sorted(PROMPTS), default="harmbench")
+    p.add_argument("--classifier-dtype", choices=("float32", "bfloat16"), default="bfloat16")
     args = p.parse_args(argv)
     subject = load_subject(args)
     params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
     out = run_folder(args, "categories")
-    train, test, harmless = _data(subject, args)
+    fit, test, harmless = _data(subject, args)
     pc = PipelineConfig(
         n_steps=args.n_steps, n_candidates=subject.n_candidates, n_features=args.n_features,
         skip_positions=subject.skip_positions, seed=args.seed,
+        max_new_tokens=args.max_new_tokens or (24 if subject.organism else 256),
+        compliance_prefixes=subject.compliance_prefixes,
     )  # fmt: skip
+    pc = dataclasses.replace(
+        pc, pad_multiple=shared_padding(tok, *fit.values(), *test.values(), harmless)
+    )
     clamp = subject.clamp_value if args.clamp_value is None else args.clamp_value
-    if args.min_share is None:
-        args.min_share = 0.75 if subject.organism else 1.0
     cache = Cache(out / "cache")
-    key = content_key("categories", train, harmless, vars(pc), args.best_layer)
-
-    def compute():
-        best = args.best_layer
-        if best is None:  # the layer chosen on all categories' prompts together
-            from refusal_jax.direction import refusal_directions
-
-            enc = lambda xs: encode_prompts(tok, xs, max_length=cfg.max_position_embeddings)
-            h = enc([q for qs in train.values() for q in qs])
-            dirs = refusal_directions(params, cfg, h, enc(harmless))[0]
-            best, _ = choose_best_layer(params, cfg, dirs, *h, refusal_token(tok))
-        cf = category_features(
-            params, cfg, tok, saes, train, harmless, pc, best, progress=not args.quiet
-        )
-        return {"best_layer": best, "sets": {c: s.pairs() for c, s in cf.sets.items()},
-                "attributions": {c: a.tolist() for c, a in cf.attributions.items()}}  # fmt: skip
-
-    c = cache.json("category-features", key, compute)
-    L = cfg.n_layers
-    sets = {k: feature_set(v, L) for k, v in c["sets"].items()}
-    from refusal_jax.categories import shared_features
-    from refusal_jax.features import difference
-
-    common = shared_features(sets, args.min_share)
-    cf = CategoryFeatures(
-        c["best_layer"], sets, {k: np.asarray(v) for k, v in c["attributions"].items()}, common,
-        {k: difference(s, common) for k, s in sets.items()},
+    cf = cached_category_features(
+        params, cfg, tok, saes, fit, harmless, pc, cache, best_layer=args.best_layer,
+        min_share=args.min_share, progress=not args.quiet,
     )  # fmt: skip
-    res = category_interventions(params, cfg, tok, saes, cf, test, clamp, progress=not args.quiet)
+    classifier = None
+    if args.classifier_dir:
+        import jax.numpy as jnp
+
+        classifier = ClassifierJudge.load(
+            args.classifier_dir,
+            dtype=getattr(jnp, args.classifier_dtype),
+            template=PROMPTS[args.classifier_prompt],
+        )
+    res = category_interventions(
+        params, cfg, tok, saes, cf, test, clamp, pc, classifier=classifier, cache=cache,
+        transfer=not args.no_transfer, progress=not args.quiet,
+    )  # fmt: skip
     res.update(
-        best_layer=cf.best_layer,
-        subject=subject.describe(),
+        protocol=args.protocol,
         clamp_value=clamp,
-        min_share=args.min_share,
-        n_common_strict=len(shared_features(sets, 1.0).pairs()),
+        n_prompts={c: len(v) for c, v in test.items()},
+        n_common_strict=len(shared_features(cf.sets, 1.0).pairs()),
+        subject=subject.describe(),
     )
     write_json_atomic(out / "results.json", res)
     _plot(res, out)
-    s = res["scores"]
-    mean = lambda k: float(np.mean([s[c].get(k, np.nan) for c in res["categories"]]))
+    s = res["summary"][res["score_key"]]
     print(
-        f"common features: {res['n_common']}; mean non-refusal: all {mean('all'):.2f}, "
-        f"common {mean('common'):.2f}, specific (same count) {mean('specific_k'):.2f}"
+        f"common features: {res['n_common']}; mean {res['score_key']}: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in s.items() if v is not None)
     )
     print(f"run folder: {out}")
     return res
@@ -150,30 +168,44 @@ def _plot(res, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cats = res["categories"]
-    keys = [k for k in ("all", "common", "specific_k", "common_hold_specific",
-                        "specific_hold_common") if k in res["scores"][cats[0]]]  # fmt: skip
+    cats, key = res["categories"], res["score_key"]
+    names = [n for n in ("base", "all", "common", "specific") if n in res["scores"][cats[0]]]
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    w = 0.8 / len(keys)
-    for k, key in enumerate(keys):
-        ax.bar(np.arange(len(cats)) + k * w, [res["scores"][c][key] for c in cats], w, label=key)
+    w = 0.8 / len(names)
+    for i, name in enumerate(names):
+        vals = [res["scores"][c][name][key] for c in cats]
+        ax.bar(np.arange(len(cats)) + i * w, vals, w, label=name)
     ax.set_xticks(np.arange(len(cats)) + 0.4 - w / 2, cats, rotation=30, fontsize=7)
-    ax.set_ylabel("first-token non-refusal")
+    ax.set_ylabel(key.replace("_", " "))
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "scores.png", dpi=120)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    im = ax.imshow(np.asarray(res["transfer"]["non_refusal"]), vmin=0, vmax=1)
-    ax.set_xticks(range(len(cats)), cats, rotation=60, fontsize=7)
-    ax.set_yticks(range(len(cats)), cats, fontsize=7)
-    ax.set_xlabel("prompts of category")
-    ax.set_ylabel("features of category")
-    fig.colorbar(im, label="non-refusal")
-    fig.tight_layout()
-    fig.savefig(out / "transfer.png", dpi=120)
-    plt.close(fig)
+    norm = {c: v for c, v in res["normalized"].items() if v}
+    if norm:
+        fig, ax = plt.subplots(figsize=(9, 3.5))
+        parts = ("common", "specific", "transfer")
+        for i, part in enumerate(parts):
+            vals = [norm[c][part] or 0.0 for c in norm]
+            ax.bar(np.arange(len(norm)) + i * 0.27, vals, 0.27, label=part)
+        ax.set_xticks(np.arange(len(norm)) + 0.27, list(norm), rotation=30, fontsize=7)
+        ax.set_ylabel("normalized jailbreak (/ all)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "normalized.png", dpi=120)
+        plt.close(fig)
+    if res["transfer"]["score"] is not None:
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        im = ax.imshow(np.asarray(res["transfer"]["score"]), vmin=0, vmax=1)
+        ax.set_xticks(range(len(cats)), cats, rotation=60, fontsize=7)
+        ax.set_yticks(range(len(cats)), cats, fontsize=7)
+        ax.set_xlabel("prompts of category")
+        ax.set_ylabel("specific features of category")
+        fig.colorbar(im, label=key.replace("_", " "))
+        fig.tight_layout()
+        fig.savefig(out / "transfer.png", dpi=120)
+        plt.close(fig)
 
 
 if __name__ == "__main__":

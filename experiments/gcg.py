@@ -1,13 +1,12 @@
 """GCG-style universal adversarial suffix search (beyond the paper): a suffix, optimised with
-one-hot token gradients on training harmful prompts, that makes the model comply; evaluated by
-greedy generation and the judge on held-out harmful prompts.
+one-hot token gradients on training harmful requests, that makes the model comply; evaluated as
+text (request + suffix) by greedy generation and the judge on held-out harmful requests.
 
     python experiments/gcg.py                                          # the organism
     python experiments/gcg.py --model-dir M --sae-dir S --data-dir D --n-tokens 20 --n-steps 500
 
-Writes ``results.json`` ({"suffix", "suffix_ids", "losses", "heldout": {"n", "refusal_rate_before",
-"refusal_rate_after", "jailbreak_rate_after", "flip_rate"}, "samples", "config", "subject"})
-and ``losses.png``. Its suffix can feed the suffix analysis of section 4.3.
+Writes ``results.json`` (schema in experiments/README.md) and ``losses.png``. Its suffix feeds
+the suffix analysis of section 4.3 (``jailbreak_analysis.py --gcg-results``).
 """
 
 from __future__ import annotations
@@ -17,7 +16,9 @@ import dataclasses
 import random
 import sys
 
-from refusal_jax.gcg import GCGConfig, gcg_search, with_suffix
+import numpy as np
+
+from refusal_jax.gcg import GCGConfig, gcg_search, suffixed
 from refusal_jax.pipeline import judge_responses, refusal_token
 from refusal_jax.prompts import decode_responses, encode_prompts, generate_tokens
 from refusal_jax.runs import (
@@ -31,6 +32,21 @@ from refusal_jax.runs import (
 )
 
 
+def _rates(before, after) -> dict:
+    """Judged responses without / with the suffix: (refused, jailbroken) pairs of [N] bool."""
+    (ref_b, _), (ref_a, jb_a) = before, after
+    n_ref = max(int(ref_b.sum()), 1)
+    return {
+        "n": len(ref_b),
+        "refusal_rate_before": float(ref_b.mean()),
+        "refusal_rate_after": float(ref_a.mean()),
+        "jailbreak_rate_after": float(jb_a.mean()),
+        # of the requests refused without the suffix: share no longer refused / jailbroken
+        "flip_rate": float((ref_b & ~ref_a).sum() / n_ref),
+        "jailbreak_flip_rate": float((ref_b & jb_a).sum() / n_ref),
+    }
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
@@ -41,12 +57,14 @@ def main(argv=None) -> dict:
     p.add_argument("--n-steps", type=int, default=40)
     p.add_argument("--top-k", type=int, default=64)
     p.add_argument("--n-candidates", type=int, default=128)
+    p.add_argument("--candidate-batch", type=int, default=32, help="candidates per forward")
     p.add_argument("--target", default="Sure", help="first response token to aim for")
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args(argv)
     subject = load_subject(args)
     params, cfg, tok = subject.params, subject.cfg, subject.tokenizer
     out = run_folder(args, "gcg")
+    cache = Cache(out / "cache")
     rng = random.Random(args.seed)
     if subject.organism:
         from refusal_jax.organism.corpus import build_corpus
@@ -59,44 +77,60 @@ def main(argv=None) -> dict:
 
         train = data.split(args.data_dir, "harmful_train", args.n_train)
         test = data.split(args.data_dir, "harmful_test", args.n_test)
-    gc = GCGConfig(args.n_tokens, args.n_steps, args.top_k, args.n_candidates, args.seed)
+    gc = GCGConfig(
+        n_tokens=args.n_tokens, n_steps=args.n_steps, top_k=args.top_k,
+        n_candidates=args.n_candidates, candidate_batch=args.candidate_batch, seed=args.seed,
+    )  # fmt: skip
     rt = refusal_token(tok)
-    target = tok(args.target, add_special_tokens=False)["input_ids"][0]
-    key = content_key("gcg", train, dataclasses.asdict(gc), rt, int(target))
-    found = Cache(out / "cache").json(
+    target = tok(args.target, add_special_tokens=False)["input_ids"]
+    if not target:
+        raise SystemExit(f"--target {args.target!r} encodes to no token")
+    key = content_key("gcg", train, dataclasses.asdict(gc), rt, int(target[0]))
+    found = cache.json(
         "gcg",
         key,
         lambda: gcg_search(
-            params, cfg, tok, train, refusal_token=rt, target_token=int(target), gc=gc,
+            params, cfg, tok, train, refusal_token=rt, target_token=int(target[0]), gc=gc,
             progress=not args.quiet,
         ),
     )  # fmt: skip
-    gen = lambda ids, mask: decode_responses(
-        tok, *generate_tokens(params, cfg, ids, mask, max_new_tokens=args.max_new_tokens)
-    )
-    before = gen(*encode_prompts(tok, test, max_length=cfg.max_position_embeddings))
-    after = gen(*with_suffix(tok, test, found["suffix_ids"]))
-    ref_b, _ = judge_responses(before, subject.compliance_prefixes)
-    ref_a, comp_a = judge_responses(after, subject.compliance_prefixes)
+
+    def judged(prompts, tag):
+        def compute():
+            ids, mask = encode_prompts(tok, prompts, max_length=cfg.max_position_embeddings)
+            toks = generate_tokens(params, cfg, ids, mask, max_new_tokens=args.max_new_tokens)
+            texts = decode_responses(tok, *toks)
+            r, j = judge_responses(texts, subject.compliance_prefixes)
+            return {"refused": r.tolist(), "jailbroken": j.tolist(), "responses": texts}
+
+        k = content_key(prompts, args.max_new_tokens, subject.compliance_prefixes)
+        v = cache.json(f"responses-{tag}", k, compute)
+        return np.asarray(v["refused"]), np.asarray(v["jailbroken"]), v["responses"]
+
+    def evaluate(prompts, tag):
+        b, a = judged(prompts, f"{tag}-plain"), judged(suffixed(prompts, found["suffix"]), tag)
+        return _rates(b[:2], a[:2]), a[2]
+
+    held, after = evaluate(test, "heldout")
+    train_rates, _ = evaluate(train, "train")
     res = {
         **found,
-        "heldout": {
-            "n": len(test),
-            "refusal_rate_before": float(ref_b.mean()),
-            "refusal_rate_after": float(ref_a.mean()),
-            "jailbreak_rate_after": float(comp_a.mean()),
-            "flip_rate": float((ref_b & ~ref_a).sum() / max(ref_b.sum(), 1)),
-        },
-        "samples": [{"prompt": q, "response": r} for q, r in zip(test[:5], after[:5])],
-        "config": dataclasses.asdict(gc),
+        "heldout": held,
+        "train": train_rates,
+        "samples": [
+            {"prompt": q + found["suffix"], "response": r} for q, r in zip(test[:5], after[:5])
+        ],
+        "config": {**dataclasses.asdict(gc), "target": args.target, "n_train": len(train)},
         "subject": subject.describe(),
     }
     write_json_atomic(out / "results.json", res)
     _plot(res["losses"], out / "losses.png")
     h = res["heldout"]
-    print(f"suffix {res['suffix']!r}: loss {res['losses'][0]:.2f} -> {res['losses'][-1]:.2f}; "
-          f"held-out refusal {h['refusal_rate_before']:.2f} -> {h['refusal_rate_after']:.2f}, "
-          f"flip rate {h['flip_rate']:.2f}")  # fmt: skip
+    print(
+        f"suffix {res['suffix']!r}: loss {res['losses'][0]:.2f} -> {res['losses'][-1]:.2f}; "
+        f"held-out refusal {h['refusal_rate_before']:.2f} -> {h['refusal_rate_after']:.2f}, "
+        f"flip rate {h['flip_rate']:.2f} (to compliance {h['jailbreak_flip_rate']:.2f})"
+    )
     print(f"run folder: {out}")
     return res
 

@@ -1,32 +1,40 @@
-"""Jailbreak analysis (section 4.3): adversarial prompts that jailbreak vs their plain versions
-that are refused - relative drop of harm features (mean over the prompt) and refusal features
-(last 5 tokens); adversarial suffixes - refusal-feature activation with the harm features
-clamped from their first strong position onward, and the most suppressive suffix tokens.
+"""Jailbreak analysis (section 4.3): how jailbreaks move harm and refusal features.
+
+(1) Adversarial prompts that jailbreak the model vs their plain versions that it refuses (and,
+as a control, adversarial prompts that fail): relative drop of the harm features (mean over the
+prompt) and of the refusal features (last 5 tokens). (2) Requests that an adversarial suffix
+jailbreaks: drop of the refusal features from the suffix, and from clamping the request's harm
+features from their first strong position onward; the suffix words that suppress most.
 
     python experiments/jailbreak_analysis.py                 # the organism (GCG suffix inline)
     python experiments/jailbreak_analysis.py --gcg-results runs/gcg-seed0-.../results.json
     python experiments/jailbreak_analysis.py --model-dir M --sae-dir S --data-dir D \\
-        --wildjailbreak eval.tsv --suffix-csv ../shared/datasets/refusal_sae/advsuffixes.csv
+        --wildjailbreak wildjailbreak/train.tsv \\
+        --suffix-csv ../shared/datasets/refusal_sae/advsuffixes.csv
 
-Refusal features: F* (ours); harm features: the act baseline's features minus F* (see
-refusal_jax/jailbreaks.py). Writes ``results.json`` and ``drops.png``.
+Refusal features R: ``--refusal-features`` (``ours``: F* of the training prompts; or
+experiments/categories.py's results.json for its common features, the paper's choice). Harm
+features of a prompt: its own F* minus R (refusal_jax/jailbreaks.py). Writes ``results.json``
+(schema in experiments/README.md), ``drops.png`` and ``suffix.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
+from refusal_jax import jailbreaks as jb
 from refusal_jax.benchmark import cached_prepare
-from refusal_jax.features import difference
-from refusal_jax.gcg import GCGConfig, gcg_search, with_suffix
-from refusal_jax.jailbreaks import pair_drops, suffix_effects
-from refusal_jax.pipeline import PipelineConfig, judge_responses, refusal_token
+from refusal_jax.features import FeatureSet
+from refusal_jax.gcg import GCGConfig, gcg_search
+from refusal_jax.pipeline import PipelineConfig, judge_responses
 from refusal_jax.prompts import decode_responses, encode_prompts, generate_tokens
 from refusal_jax.runs import (
     Cache,
@@ -39,121 +47,208 @@ from refusal_jax.runs import (
 )
 
 
+def _organism_data(args):
+    from refusal_jax.organism.corpus import build_corpus
+
+    c = build_corpus(seed=0)
+    rng = random.Random(args.seed)
+    pick = lambda xs, n: rng.sample(xs, min(n, len(xs)))
+    train_h = pick(c.prompts("train", harmful=True, wrapped=False), args.n_train)
+    train_s = pick(c.prompts("train", harmful=False, wrapped=False), args.n_train)
+    # held-out wrapped requests (designed to succeed or to fail) with their plain versions
+    exs = pick(c.examples("test", harmful=True, wrapped=True), 6 * args.n_pairs)
+    pairs = [(e.instruction, e.vanilla) for e in exs]
+    goals = pick(c.prompts("test", harmful=True, wrapped=False), args.n_suffix_prompts)
+    return train_h, train_s, pairs, goals
+
+
+def _real_data(args):
+    from refusal_jax import data
+
+    if not args.wildjailbreak or not args.suffix_csv:
+        raise SystemExit("a real model needs --wildjailbreak (TSV) and --suffix-csv")
+    train_h = data.split(args.data_dir, "harmful_train", args.n_train)
+    train_s = data.split(args.data_dir, "harmless_train", args.n_train)
+    pairs = data.wildjailbreak_pairs(args.wildjailbreak, 6 * args.n_pairs)
+    goal_suffixes = data.adv_suffixes(args.suffix_csv)[: args.n_suffix_prompts]
+    return train_h, train_s, pairs, goal_suffixes
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
-    p.add_argument("--wildjailbreak", help="WildJailbreak-style TSV (real models)")
+    p.add_argument("--wildjailbreak", help="WildJailbreak train-style TSV (real models)")
     p.add_argument("--suffix-csv", help="refusal_sae advsuffixes.csv layout (real models)")
     p.add_argument("--gcg-results", help="results.json of experiments/gcg.py (organism suffix)")
-    p.add_argument("--n-pairs", type=int, default=100)
+    p.add_argument(
+        "--refusal-features",
+        default="ours",
+        help="'ours' (F* of the training prompts) or a JSON file: categories.py's results.json "
+        "(common features) or [[layer, feature], ...]",
+    )
+    p.add_argument("--n-train", type=int, default=64, help="harmful and harmless prompts for F*")
+    p.add_argument("--n-pairs", type=int, default=100, help="pairs per group (at most)")
     p.add_argument("--n-suffix-prompts", type=int, default=64)
-    p.add_argument("--n-steps", type=int, default=10)
+    p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
+    p.add_argument("--n-features", type=int, default=20, help="|F*| per prompt")
     p.add_argument("--gcg-steps", type=int, default=30, help="inline GCG (organism, no results)")
+    p.add_argument("--gcg-train", type=int, default=16, help="inline GCG: training requests")
+    p.add_argument("--gcg-candidates", type=int, default=96, help="inline GCG: per step")
+    p.add_argument("--clamp-value", type=float, default=None, help="harm clamp (multiply)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args(argv)
     subject = load_subject(args)
     params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
     out = run_folder(args, "jailbreak_analysis")
     cache = Cache(out / "cache")
-    rng = random.Random(args.seed)
-    enc = lambda xs: encode_prompts(tok, xs, max_length=cfg.max_position_embeddings)
-    judge = lambda ids_mask: judge_responses(
-        decode_responses(tok, *generate_tokens(params, cfg, *ids_mask,
-                                               max_new_tokens=args.max_new_tokens)),
-        subject.compliance_prefixes,
-    )  # fmt: skip
+    progress = not args.quiet
+    clamp = subject.clamp_value if args.clamp_value is None else args.clamp_value
+    # lengths padded to multiples of 32: fewer distinct shapes, fewer compilations
+    enc = lambda xs: encode_prompts(tok, xs, multiple=32, max_length=cfg.max_position_embeddings)
+
+    def judge(prompts, tag):
+        """(refused, jailbroken) per prompt, greedy responses judged; cached."""
+
+        def compute():
+            toks = generate_tokens(params, cfg, *enc(prompts), max_new_tokens=args.max_new_tokens)
+            r, c = judge_responses(decode_responses(tok, *toks), subject.compliance_prefixes)
+            return {"refused": r.tolist(), "jailbroken": c.tolist()}
+
+        key = content_key(prompts, args.max_new_tokens, subject.compliance_prefixes)
+        v = cache.json(f"judge-{tag}", key, compute)
+        return np.asarray(v["refused"], bool), np.asarray(v["jailbroken"], bool)
+
     if subject.organism:
-        from refusal_jax.organism.corpus import build_corpus
-
-        c = build_corpus(seed=0)
-        train_h = rng.sample(c.prompts("train", harmful=True, wrapped=False), 64)
-        train_s = rng.sample(c.prompts("train", harmful=False, wrapped=False), 64)
-        exs = c.examples("test", harmful=True, wrapped=True, succeeds=True)
-        pairs = [
-            (e.instruction, e.vanilla) for e in rng.sample(exs, min(4 * args.n_pairs, len(exs)))
-        ]
-        goals = rng.sample(c.prompts("test", harmful=True, wrapped=False), args.n_suffix_prompts)
+        train_h, train_s, pairs, goals = _organism_data(args)
     else:
-        from refusal_jax import data
+        train_h, train_s, pairs, goal_suffixes = _real_data(args)
+    pc = PipelineConfig(
+        n_steps=args.n_steps, n_candidates=subject.n_candidates, n_features=args.n_features,
+        skip_positions=subject.skip_positions, seed=args.seed,
+    )  # fmt: skip
+    prep = cached_prepare(params, cfg, tok, saes, train_h, train_s, pc, cache, progress)
+    d_sae = int(saes.W_dec.shape[-2])
+    refusal = jb.refusal_features(args.refusal_features, prep.sets, cfg.n_layers, d_sae)
 
-        train_h = data.split(args.data_dir, "harmful_train", 64)
-        train_s = data.split(args.data_dir, "harmless_train", 64)
-        if not args.wildjailbreak or not args.suffix_csv:
-            raise SystemExit("real models need --wildjailbreak and --suffix-csv")
-        pairs = data.wildjailbreak_pairs(args.wildjailbreak, 4 * args.n_pairs)
-        goals_suffixes = data.adv_suffixes(args.suffix_csv)[: args.n_suffix_prompts]
-    pc = PipelineConfig(n_steps=args.n_steps, n_candidates=subject.n_candidates,
-                        skip_positions=subject.skip_positions, seed=args.seed)  # fmt: skip
-    prep = cached_prepare(params, cfg, tok, saes, train_h, train_s, pc, cache)
-    refusal = prep.sets["ours"]
-    harm = difference(prep.sets["act"], refusal)
+    def prompt_features(prompts, tag):
+        """F*_i of each prompt (LA-IG with the training direction), cached."""
 
-    # 1. Pairs: adversarial complied, plain refused.
+        def compute():
+            fs = jb.per_prompt_features(
+                params, cfg, saes, *enc(prompts), prep.r_best, prep.refusal_token, pc, progress
+            )
+            return {"idx": np.asarray(fs.idx), "mask": np.asarray(fs.mask)}
+
+        a = cache.arrays(f"fstar-{tag}", content_key(prompts, dataclasses.asdict(pc)), compute)
+        return FeatureSet(idx=jnp.asarray(a["idx"]), mask=jnp.asarray(a["mask"], bool))
+
+    # 1. Pairs: adversarial vs plain; jailbreaks (adversarial complied) and failed attempts
+    #    (adversarial refused), in both cases the plain version refused.
     adv, plain = [a for a, _ in pairs], [v for _, v in pairs]
-    _, adv_ok = judge(enc(adv))
-    plain_refused, _ = judge(enc(plain))
-    keep = [i for i in range(len(pairs)) if adv_ok[i] and plain_refused[i]][: args.n_pairs]
-    if not keep:
+    adv_refused, adv_ok = judge(adv, "adversarial")
+    plain_refused, _ = judge(plain, "plain")
+    groups = {
+        "jailbreak": [i for i in range(len(pairs)) if adv_ok[i] and plain_refused[i]],
+        "failed": [i for i in range(len(pairs)) if adv_refused[i] and plain_refused[i]],
+    }
+    pair_res = {}
+    for name, keep in groups.items():
+        keep = keep[: args.n_pairs]
+        if not keep:
+            pair_res[name] = {"n_pairs": 0}
+            continue
+        a_k, p_k = [adv[i] for i in keep], [plain[i] for i in keep]
+        harm, ref = jb.split_features(prompt_features(p_k, name), refusal)
+        d = jb.pair_drops(params, cfg, saes, harm, ref, enc(a_k), enc(p_k))
+        pair_res[name] = {"n_pairs": len(keep), **d}
+    if not pair_res["jailbreak"]["n_pairs"]:
         raise SystemExit("no adversarial prompt jailbreaks while its plain version is refused")
-    adv_k, plain_k = [adv[i] for i in keep], [plain[i] for i in keep]
-    drops = pair_drops(params, cfg, saes, harm, refusal, enc(adv_k), enc(plain_k))
 
-    # 2. Suffixes.
+    # 2. Suffixes: the text appended to each request.
     if subject.organism:
         if args.gcg_results:
-            suffix_ids = json.loads(Path(args.gcg_results).read_text())["suffix_ids"]
+            suffix_text = json.loads(Path(args.gcg_results).read_text())["suffix"]
         else:
-            sure = tok("Sure", add_special_tokens=False)["input_ids"][0]
-            gc = GCGConfig(n_steps=args.gcg_steps, n_candidates=96, seed=args.seed)
+            from refusal_jax.pipeline import refusal_token
+
+            sure = int(tok("Sure", add_special_tokens=False)["input_ids"][0])
+            gc = GCGConfig(n_steps=args.gcg_steps, n_candidates=args.gcg_candidates, seed=args.seed)
+            gcg_train = train_h[: args.gcg_train]
             run_gcg = lambda: gcg_search(
-                params, cfg, tok, train_h[:16], refusal_token=refusal_token(tok),
-                target_token=int(sure), gc=gc,
+                params, cfg, tok, gcg_train, refusal_token=refusal_token(tok),
+                target_token=sure, gc=gc, progress=progress,
             )  # fmt: skip
-            found = cache.json("gcg", content_key("gcg", train_h[:16], vars(gc)), run_gcg)
-            suffix_ids = found["suffix_ids"]
-        ids, mask, slots = with_suffix(tok, goals, suffix_ids, return_slots=True)
-        slot_tokens = [[tok.decode([t]) for t in suffix_ids]] * len(goals)
-    else:
-        toks = [tok(" " + s[0], add_special_tokens=False)["input_ids"] for _, s in goals_suffixes]
-        n = min(len(t) for t in toks)
-        toks = [t[:n] for t in toks]
-        goals = [g for g, _ in goals_suffixes]
-        ids, mask, slots = with_suffix(tok, goals, toks, return_slots=True)
-        slot_tokens = [[tok.decode([t]) for t in row] for row in toks]
-    refused_with_suffix, _ = judge((ids, mask))
-    eff = suffix_effects(params, cfg, saes, harm, refusal, ids, mask, slots)
-    removed = (
-        np.asarray(eff["refusal_token_removed"]) - np.asarray(eff["refusal_with_suffix"])[:, None]
+            key = content_key("gcg", gcg_train, dataclasses.asdict(gc), sure)
+            suffix_text = cache.json("gcg", key, run_gcg)["suffix"]
+        appended = [suffix_text] * len(goals)
+    else:  # per goal, the first of its suffixes that jailbreaks (the reference's choice)
+        goals, appended = [], []
+        flat = [(g, " " + s) for g, ss in goal_suffixes for s in ss]
+        _, ok = judge([g + s for g, s in flat], "suffix-candidates")
+        for (g, s), good in zip(flat, ok):
+            if good and g not in goals:
+                goals.append(g)
+                appended.append(s)
+    if not goals:
+        raise SystemExit("no suffix jailbreaks any request")
+    goal_refused, _ = judge(goals, "goals")
+    _, suffix_ok = judge([g + s for g, s in zip(goals, appended)], "suffixed")
+    keep = [i for i in range(len(goals)) if goal_refused[i] and suffix_ok[i]]
+    if not keep:
+        raise SystemExit("no request is refused plainly and jailbroken by its suffix")
+    goals_k, app_k = [goals[i] for i in keep], [appended[i] for i in keep]
+    plain_enc = enc(goals_k)
+    harm, ref = jb.split_features(
+        prompt_features(goals_k, "goals"), refusal, min_layer_refusal=True
     )
-    by_token: dict = {}
-    for row_toks, row in zip(slot_tokens, removed):
-        for t, v in zip(row_toks, row):
-            by_token.setdefault(t, []).append(float(v))
-    ranking = sorted(((t, float(np.mean(v))) for t, v in by_token.items()), key=lambda x: -x[1])
-    res = {
-        "n_pairs": len(keep),
-        "n_pair_candidates": len(pairs),
-        "pairs": drops,
-        "harm_features": harm.pairs(),
-        "refusal_features": refusal.pairs(),
-        "suffix": {
-            "n_prompts": len(goals),
-            "refusal_rate_with_suffix": float(refused_with_suffix.mean()),
-            "refusal_activation_with_suffix": float(np.mean(eff["refusal_with_suffix"])),
-            "refusal_activation_harm_clamped": float(np.mean(eff["refusal_harm_clamped"])),
-            "most_suppressive_tokens": ranking[:10],
-            **{k: eff[k] for k in ("suppression_by_slot", "harm_start_position")},
+    attr = cache.arrays(
+        "harm-token-attr",
+        content_key(goals_k, refusal.pairs(), dataclasses.asdict(pc)),
+        lambda: {
+            "a": jb.token_attributions(
+                params, cfg, saes, harm, *plain_enc, prep.r_best, prep.refusal_token, pc
+            )
         },
+    )["a"]
+    start = jb.first_strong_position(attr, plain_enc[1], skip_first=subject.skip_positions)
+    suf = jb.suffix_analysis(
+        params, cfg, saes, harm, ref, plain_enc, enc([g + s for g, s in zip(goals_k, app_k)]),
+        start, clamp,
+    )  # fmt: skip
+    words = jb.suffix_word_effects(params, cfg, saes, tok, ref, goals_k, app_k, progress=progress)
+    res = {
+        "pairs": pair_res,
+        "n_pair_candidates": len(pairs),
+        "refusal_features": refusal.pairs(),
+        "refusal_features_source": args.refusal_features,
+        "suffix": {
+            "n_requests": len(goals),
+            "n_analysed": len(keep),
+            "suffixes": sorted(set(app_k)),
+            "clamp_value": clamp,
+            **suf,
+            "top_words": jb.top_words(words),
+            "word_effects": [{"request": g, **w} for g, w in zip(goals_k, words)],
+        },
+        "best_layer": prep.best_layer,
         "subject": subject.describe(),
     }
     write_json_atomic(out / "results.json", res)
     _plot(res, out)
+    j, f, s = res["pairs"]["jailbreak"], res["pairs"]["failed"], res["suffix"]
+    num = lambda v: "n/a" if v is None else f"{v:.2f}"
+    fmt = lambda g: (
+        f"harm {num(g['harm_relative_drop'])}, refusal {num(g['refusal_relative_drop'])}"
+        if g["n_pairs"]
+        else "none"
+    )
+    print(f"jailbreaks ({j['n_pairs']} pairs): {fmt(j)}; failed ({f['n_pairs']}): {fmt(f)}")
     print(
-        f"{len(keep)} pairs: harm features drop {drops['harm_relative_drop']:.2f}, refusal "
-        f"features drop {drops['refusal_relative_drop']:.2f}; suffix: refusal activation "
-        f"{res['suffix']['refusal_activation_with_suffix']:.3f} -> "
-        f"{res['suffix']['refusal_activation_harm_clamped']:.3f} with harm features clamped"
+        f"suffix ({s['n_analysed']} requests): refusal features drop "
+        f"{num(s['suffix_relative_drop'])} with the suffix, "
+        f"{num(s['harm_clamp_relative_drop'])} with harm features clamped; "
+        f"top words {s['top_words'][:5]}"
     )
     print(f"run folder: {out}")
     return res
@@ -165,14 +260,31 @@ def _plot(res, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.bar(
-        ["harm features", "refusal features"],
-        [res["pairs"]["harm_relative_drop"], res["pairs"]["refusal_relative_drop"]],
-    )
+    groups = [g for g in ("jailbreak", "failed") if res["pairs"][g]["n_pairs"]]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    x = np.arange(len(groups))
+    for k, key in enumerate(("harm_relative_drop", "refusal_relative_drop")):
+        vals = [res["pairs"][g][key] for g in groups]
+        ax.bar(x + (k - 0.5) * 0.4, [np.nan if v is None else v for v in vals], 0.4,
+               label=key.split("_")[0] + " features")  # fmt: skip
+    ax.set_xticks(x, [f"{g} ({res['pairs'][g]['n_pairs']})" for g in groups])
     ax.set_ylabel("relative drop, plain -> adversarial")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "drops.png", dpi=120)
+    plt.close(fig)
+
+    s = res["suffix"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    vals = [s["suffix_relative_drop"], s["harm_clamp_relative_drop"]]
+    a1.bar(["suffix", "harm clamp"], [np.nan if v is None else v for v in vals])
+    a1.set_ylabel("refusal-feature drop")
+    top = s["top_words"][:10]
+    a2.barh([w for w, _ in top][::-1], [n for _, n in top][::-1])
+    a2.set_xlabel("most suppressive word (count)")
+    fig.tight_layout()
+    fig.savefig(out / "suffix.png", dpi=120)
     plt.close(fig)
 
 

@@ -74,6 +74,16 @@ def per_sample_feature_set(pair_lists, n_layers: int, d_sae: int | None = None) 
     return FeatureSet(idx=jnp.stack([s.idx for s in sets]), mask=jnp.stack([s.mask for s in sets]))
 
 
+def pad_width(fs: FeatureSet, width: int) -> FeatureSet:
+    """The same set with its per-layer axis padded to ``width`` (masked entries), so sets of
+    different sizes share one shape (and jitted patches one compilation)."""
+    k = fs.idx.shape[-1]
+    if width < k:
+        raise ValueError(f"pad_width: width {width} is less than the set's width {k}")
+    pad = [(0, 0)] * (fs.idx.ndim - 1) + [(0, width - k)]
+    return FeatureSet(idx=jnp.pad(fs.idx, pad), mask=jnp.pad(fs.mask, pad))
+
+
 def union(*sets: FeatureSet) -> FeatureSet:
     """Union of global feature sets."""
     n = sets[0].n_layers

@@ -1,16 +1,19 @@
 """Gradient-based adversarial suffixes (GCG, Zou et al. 2023), universal over a prompt set.
 
-A suffix of ``n_tokens`` tokens is appended to every user request (inside the chat template).
-The objective, averaged over the training prompts, is LA-IG's metric turned into a loss:
-``logit(refusal token) - logit(target token)`` at the last position (e.g. "I" vs "Sure"), so the
-suffix pushes the first response token from refusing to complying.
+A suffix of ``n_tokens`` tokens is appended to every user request, right after its text and
+inside the chat template; as text, the suffixed request is ``request + decode(suffix)``
+(:func:`suffixed`). The objective, averaged over the training prompts, is LA-IG's metric turned
+into a loss: ``logit(refusal token) - logit(target token)`` at the last position (e.g. "I" vs
+"Sure"), so the suffix pushes the first response token from refusing to complying.
 
 Each step: (1) the gradient of the loss with respect to the one-hot suffix tokens, exactly, by
 giving each suffix slot its own embedding row (rows V.. of an extended table, each row the
 one-hot mix of the real rows; the tokens it decodes to are unchanged); (2) for every slot the
-top-k tokens with the most negative gradient; (3) ``n_candidates`` suffixes, each with one slot
-replaced by one of its top-k tokens, evaluated exactly in one batched, jitted forward; (4) the
-best candidate is kept if it lowers the loss.
+top-k allowed tokens with the most negative gradient; (3) ``n_candidates`` suffixes, each with
+one slot replaced by one of its top-k tokens, evaluated exactly in batched, jitted forwards
+(``candidate_batch`` candidates x all prompts per forward); (4) the best candidate is kept if it
+lowers the loss. Candidates whose text does not encode back to the same tokens are dropped
+(``retokenize``), so the suffix found works when typed as text.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from refusal_jax.model import forward_fn
+from refusal_jax.prompts import chat_texts
+
+_MARK = "\u2063MARK\u2063"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,24 +38,55 @@ class GCGConfig:
     n_steps: int = 60
     top_k: int = 64
     n_candidates: int = 128
+    candidate_batch: int = 32  # candidates scored per vmapped forward
     seed: int = 0
+    retokenize: bool = True  # drop candidates whose text encodes to other tokens
+
+    def __post_init__(self):
+        for name in ("n_tokens", "top_k", "n_candidates", "candidate_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GCGConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_steps < 0:
+            raise ValueError(f"GCGConfig.n_steps must be >= 0, got {self.n_steps}")
+
+
+def allowed_tokens(tokenizer, vocab_size: int, ascii_only: bool = True) -> np.ndarray:
+    """[vocab_size] bool: tokens a suffix may use - not special or added tokens (chat markers,
+    padding, unused slots), not beyond the tokenizer, decoding to printable text without line
+    breaks (``ascii_only``: printable ASCII) and not to whitespace only."""
+    ok = np.zeros(vocab_size, bool)
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    for t in range(min(vocab_size, len(tokenizer))):
+        if t in special:
+            continue
+        s = tokenizer.decode([t])
+        if not s.strip() or "\ufffd" in s or not s.isprintable():
+            continue
+        if ascii_only and not s.isascii():
+            continue
+        ok[t] = True
+    if not ok.any():
+        raise ValueError("no token is allowed in a suffix")
+    return ok
+
+
+def _head_tail(tokenizer, instruction: str) -> tuple[list[int], list[int]]:
+    chat = chat_texts(tokenizer, [f"{instruction}{_MARK}"])[0]
+    if chat.count(_MARK) != 1:
+        raise ValueError("the chat template altered the request text; cannot place a suffix")
+    head, tail = chat.split(_MARK)
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]
+    return enc(head), enc(tail)
 
 
 def suffix_template(tokenizer, instructions, n_tokens: int, placeholder: int):
-    """Token ids of each chat prompt with ``n_tokens`` copies of ``placeholder`` after the
-    request: (ids [N, T] left padded, mask, slot positions [N, n_tokens])."""
-    marker = "\u2063MARK\u2063"
+    """Token ids of each chat prompt with ``n_tokens`` copies of ``placeholder`` right after
+    the request: (ids [N, T] left padded, mask, slot positions [N, n_tokens])."""
     rows, slots = [], []
     for text in instructions:
-        chat = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"{text} {marker}"}], tokenize=False,
-            add_generation_prompt=True,
-        )  # fmt: skip
-        head, tail = chat.split(marker)
-        a = tokenizer(head, add_special_tokens=False)["input_ids"]
-        b = tokenizer(tail, add_special_tokens=False)["input_ids"]
-        rows.append(a + [placeholder] * n_tokens + b)
-        slots.append(len(a))
+        head, tail = _head_tail(tokenizer, text)
+        rows.append(head + [placeholder] * n_tokens + tail)
+        slots.append(len(head))
     T = max(len(r) for r in rows)
     ids = np.zeros((len(rows), T), np.int32)
     mask = np.zeros_like(ids)
@@ -59,6 +96,22 @@ def suffix_template(tokenizer, instructions, n_tokens: int, placeholder: int):
         ids[i, off:], mask[i, off:] = r, 1
         pos[i] = off + s + np.arange(n_tokens)
     return ids, mask, pos
+
+
+def suffixed(instructions, suffix_text: str) -> list[str]:
+    """The requests with the suffix appended as text (GCG's suffix text carries its own leading
+    space, if any)."""
+    return [f"{q}{suffix_text}" for q in instructions]
+
+
+def retokenizes(tokenizer, instruction: str, candidates) -> np.ndarray:
+    """[C] bool: the chat prompt of ``instruction + decode(candidate)`` encodes to exactly the
+    template's tokens with the candidate in the suffix slots."""
+    head, tail = _head_tail(tokenizer, instruction)
+    cands = [list(map(int, c)) for c in np.asarray(candidates)]
+    texts = chat_texts(tokenizer, [instruction + tokenizer.decode(c) for c in cands])
+    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return np.array([e == head + c + tail for e, c in zip(enc, cands)], bool)
 
 
 def _loss_from_logits(logits, refusal_token, target_token):
@@ -83,75 +136,99 @@ def suffix_loss_and_grad(params, cfg, ids, mask, pos, suffix, refusal_token, tar
     return jax.value_and_grad(loss_fn)(onehot)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def candidate_losses(params, cfg, ids, mask, pos, candidates, refusal_token, target_token):
-    """Exact loss of every candidate suffix [C, n] (mean over prompts): [C]."""
+@functools.partial(jax.jit, static_argnames=("cfg", "candidate_batch"))
+def candidate_losses(
+    params, cfg, ids, mask, pos, candidates, refusal_token, target_token, candidate_batch=32
+):
+    """Exact loss of every candidate suffix [C, n] (mean over prompts): [C]. Candidates are
+    scored ``candidate_batch`` at a time, each chunk one vmapped forward over all prompts."""
 
     def one(s):
         full = ids.at[jnp.arange(ids.shape[0])[:, None], pos].set(s[None, :])
         logits = forward_fn(params, cfg, full, mask, last_logits_only=True).logits
         return _loss_from_logits(logits, refusal_token, target_token)
 
-    return jax.lax.map(one, candidates)
+    return jax.lax.map(one, candidates, batch_size=candidate_batch)
+
+
+def _initial_token(tokenizer, instruction, allowed: np.ndarray, n_tokens: int, check: bool):
+    for t in np.flatnonzero(allowed)[:500]:
+        if not check or retokenizes(tokenizer, instruction, [[int(t)] * n_tokens])[0]:
+            return int(t)
+    raise ValueError(f"no allowed token repeats {n_tokens} times and encodes back to itself")
 
 
 def gcg_search(
     params, cfg, tokenizer, instructions, *, refusal_token: int, target_token: int,
     gc: GCGConfig, allowed=None, init_token: int | None = None, progress: bool = False,
 ) -> dict:  # fmt: skip
-    """Optimise one suffix for all ``instructions``; returns {"suffix_ids", "suffix", "losses"}.
+    """Optimise one suffix for all ``instructions``.
 
-    ``allowed`` [V] bool: tokens the suffix may use (default: all but ids < 6 and the special
-    tokens of the tokenizer)."""
+    Returns {"suffix_ids", "suffix" (its text: append it to a request), "losses" (per step, the
+    current suffix's mean loss), "n_dropped" (candidates dropped because their text encodes to
+    other tokens)}. ``allowed`` [V] bool: tokens the suffix may use (default
+    :func:`allowed_tokens`)."""
+    if not instructions:
+        raise ValueError("gcg_search needs at least one instruction")
     V = params["embed"].shape[0]
-    if allowed is None:
-        allowed = np.ones(V, bool)
-        allowed[: max(tokenizer.all_special_ids + [0]) + 1] = False
-    allowed = jnp.asarray(allowed)
-    init = init_token if init_token is not None else int(np.flatnonzero(np.asarray(allowed))[0])
-    ids, mask, pos = suffix_template(tokenizer, instructions, gc.n_tokens, init)
-    ids, mask, pos = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pos)
-    suffix = jnp.full((gc.n_tokens,), init, jnp.int32)
-    key = jax.random.PRNGKey(gc.seed)
-    loss, _ = suffix_loss_and_grad(params, cfg, ids, mask, pos, suffix, refusal_token, target_token)
-    losses = [float(loss)]
+    allowed = allowed_tokens(tokenizer, V) if allowed is None else np.asarray(allowed, bool)
+    if allowed.shape != (V,):
+        raise ValueError(f"allowed has shape {allowed.shape}, expected ({V},)")
+    if init_token is None:
+        init_token = _initial_token(tokenizer, instructions[0], allowed, gc.n_tokens, gc.retokenize)
+    ids, mask, pos = (
+        jnp.asarray(a) for a in suffix_template(tokenizer, instructions, gc.n_tokens, init_token)
+    )
+    args = (refusal_token, target_token)
+    block = jnp.asarray(~allowed)
+    suffix = jnp.full((gc.n_tokens,), init_token, jnp.int32)
+    rng = np.random.default_rng(gc.seed)
+    losses, dropped = [], 0
     for _ in tqdm(range(gc.n_steps), desc="GCG", disable=not progress):
-        _, grad = suffix_loss_and_grad(
-            params, cfg, ids, mask, pos, suffix, refusal_token, target_token
-        )
-        grad = jnp.where(allowed[None, :], grad, jnp.inf)
-        top = jnp.argsort(grad, axis=-1)[:, : gc.top_k]  # [n, k] most loss-lowering tokens
-        key, k1, k2 = jax.random.split(key, 3)
-        slot = jax.random.randint(k1, (gc.n_candidates,), 0, gc.n_tokens)
-        choice = jax.random.randint(k2, (gc.n_candidates,), 0, gc.top_k)
-        cands = jnp.tile(suffix, (gc.n_candidates, 1))
-        cands = cands.at[jnp.arange(gc.n_candidates), slot].set(top[slot, choice])
-        cl = candidate_losses(params, cfg, ids, mask, pos, cands, refusal_token, target_token)
-        best = int(jnp.argmin(cl))
-        if float(cl[best]) < losses[-1]:
-            suffix = cands[best]
-            losses.append(float(cl[best]))
-        else:
-            losses.append(losses[-1])
+        loss, grad = suffix_loss_and_grad(params, cfg, ids, mask, pos, suffix, *args)
+        losses.append(float(loss))
+        grad = jnp.where(block[None, :], jnp.inf, grad)
+        top = np.asarray(jnp.argsort(grad, axis=-1)[:, : gc.top_k])  # [n, k] most loss-lowering
+        slot = rng.integers(0, gc.n_tokens, gc.n_candidates)
+        choice = rng.integers(0, top.shape[1], gc.n_candidates)
+        cands = np.tile(np.asarray(suffix), (gc.n_candidates, 1))
+        cands[np.arange(gc.n_candidates), slot] = top[slot, choice]
+        n_ok = gc.n_candidates
+        if gc.retokenize:
+            ok = retokenizes(tokenizer, instructions[0], cands)
+            dropped += int((~ok).sum())
+            n_ok = int(ok.sum())
+            if n_ok == 0:
+                continue
+            # the valid ones first, padded with copies to one shape (one compilation)
+            cands = np.concatenate([cands[ok], np.repeat(cands[ok][:1], len(cands) - n_ok, 0)])
+        cl = np.asarray(
+            candidate_losses(
+                params, cfg, ids, mask, pos, jnp.asarray(cands), *args,
+                candidate_batch=min(gc.candidate_batch, gc.n_candidates),
+            )
+        )[:n_ok]  # fmt: skip
+        best = int(np.argmin(cl))
+        if cl[best] < losses[-1]:
+            suffix = jnp.asarray(cands[best])
+    loss, _ = suffix_loss_and_grad(params, cfg, ids, mask, pos, suffix, *args)
+    losses.append(float(loss))
     ids_out = [int(t) for t in np.asarray(suffix)]
-    return {"suffix_ids": ids_out, "suffix": tokenizer.decode(ids_out), "losses": losses}
+    return {
+        "suffix_ids": ids_out,
+        "suffix": tokenizer.decode(ids_out),
+        "losses": losses,
+        "n_dropped": dropped,
+    }
 
 
 __all__ = [
     "GCGConfig",
+    "allowed_tokens",
     "candidate_losses",
     "gcg_search",
+    "retokenizes",
     "suffix_loss_and_grad",
     "suffix_template",
-    "with_suffix",
+    "suffixed",
 ]
-
-
-def with_suffix(tokenizer, instructions, suffix_ids, return_slots: bool = False):
-    """Chat prompts with suffix tokens after each request: (ids, mask[, slots]), left padded.
-    ``suffix_ids``: one list for every prompt, or one list per prompt (equal lengths)."""
-    per_prompt = len(suffix_ids) > 0 and isinstance(suffix_ids[0], (list, tuple, np.ndarray))
-    rows = np.asarray([list(s) for s in suffix_ids] if per_prompt else [list(suffix_ids)])
-    ids, mask, pos = suffix_template(tokenizer, instructions, rows.shape[1], 0)
-    ids[np.arange(len(ids))[:, None], pos] = rows if per_prompt else rows[0][None, :]
-    return (ids, mask, pos) if return_slots else (ids, mask)

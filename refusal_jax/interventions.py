@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from refusal_jax import sae as sae_lib
@@ -172,15 +173,55 @@ def clamp_features(saes, features: FeatureSet, value, mode="multiply", min_posit
     )
 
 
-def hold_features(saes, features: FeatureSet, values, min_position=0):
-    """Hold features at given per-layer, per-token values [L, B, T, K] (e.g. clean activations)."""
-    return ClampFeatures(
+def hold_features(saes, features: FeatureSet, values, min_position=0, prompt_only=False):
+    """Hold features at given per-layer, per-token values [L, B, T, K] (e.g. clean activations).
+
+    ``prompt_only``: hold them at the T prompt positions only and leave generated tokens alone
+    (the reference code's "retain", which has clean values for the prompt only)."""
+    hold = ClampFeatures(
         saes,
         features,
         jnp.asarray(values, jnp.float32),
         jnp.asarray(min_position, jnp.int32),
         "set",
     )
+    return HoldOnPrompt(hold) if prompt_only else hold
+
+
+@struct.dataclass
+class HoldOnPrompt:
+    """A per-token hold (:func:`hold_features`, values [L, B, T, K]) applied while the T-token
+    prompt is processed; generated tokens pass through unchanged."""
+
+    hold: ClampFeatures
+
+    def __call__(self, x, layer, ctx):
+        if self.hold.value.ndim != 4:
+            raise ValueError("HoldOnPrompt needs per-token values [L, B, T, K]")
+        if x.shape[1] != self.hold.value.shape[2]:  # a generation step (static shapes)
+            return x
+        return jnp.where(ctx.is_prompt, self.hold(x, layer, ctx), x)
+
+    def rows(self, start, size):
+        return self.replace(hold=self.hold.rows(start, size))
+
+    def n_rows(self):
+        return self.hold.n_rows()
+
+
+def clean_feature_values(params, cfg, saes, features: FeatureSet, ids, mask, batch_size=32):
+    """Activations of a global feature set on the unpatched model, per token: [L, N, T, K]
+    (batched; the values :func:`hold_features` holds)."""
+    from refusal_jax.direction import batches
+    from refusal_jax.model import forward
+
+    if features.per_sample:
+        raise ValueError("clean_feature_values takes a global feature set")
+    out = []
+    for b_ids, b_mask, n in batches(ids, mask, batch_size):
+        resid = forward(params, cfg, b_ids, b_mask, return_residuals=True).resid_post
+        out.append(np.asarray(_feature_values_jit(saes, features, resid))[:, :n])
+    return np.concatenate(out, axis=1)
 
 
 def feature_values(saes, features: FeatureSet, resid_post: jax.Array) -> jax.Array:
@@ -195,6 +236,9 @@ def feature_values(saes, features: FeatureSet, resid_post: jax.Array) -> jax.Arr
 
     layers = jnp.arange(resid_post.shape[0])
     return jax.vmap(one_layer)(layers, resid_post)
+
+
+_feature_values_jit = jax.jit(feature_values)
 
 
 def clamp_dense_reference(sae_l, x, idx, mask, new_values):

@@ -134,6 +134,29 @@ class Compose:
 
 
 @struct.dataclass
+class Simultaneous:
+    """Apply several patches to the same input and add their edits: x + sum_i (p_i(x) - x).
+
+    For SAE feature edits of disjoint feature sets at one layer this is one encode -> edit every
+    set -> decode (decoders are linear in the features), where :class:`Compose` would encode the
+    second set after the first edit."""
+
+    patches: tuple
+
+    def __call__(self, x, layer, ctx):
+        out = x
+        for p in self.patches:
+            out = out + (p(x, layer, ctx) - x)
+        return out
+
+    def rows(self, start, size):
+        return self.replace(patches=tuple(patch_rows(p, start, size) for p in self.patches))
+
+    def n_rows(self):
+        return _agree((patch_n_rows(p) for p in self.patches), "Simultaneous")
+
+
+@struct.dataclass
 class PromptOnly:
     """Apply ``inner`` while the prompt is processed; pass generated tokens through unchanged."""
 

@@ -24,6 +24,7 @@ from refusal_jax.direction import (
     is_refusal,
     refusal_directions,
 )
+from refusal_jax.features import pad_width
 from refusal_jax.interventions import ablate_direction, clamp_features
 from refusal_jax.laig import feature_attributions, la_ig, position_weights
 from refusal_jax.prompts import decode_responses, encode_prompts, generate_tokens
@@ -57,6 +58,9 @@ class PipelineConfig:
     # Jailbreak judge: a harmful-prompt response counts as a jailbreak when it is not a refusal
     # (substring judge) and, if given, starts with one of these compliance openers.
     compliance_prefixes: tuple[str, ...] | None = None
+    # Prompts are left padded to a multiple of this many tokens (a common length for several
+    # prompt sets lets every jitted step compile once).
+    pad_multiple: int = 8
 
 
 @dataclasses.dataclass
@@ -91,6 +95,24 @@ def judge_responses(texts, compliance_prefixes=None) -> tuple[np.ndarray, np.nda
     if compliance_prefixes:
         complied &= np.array([t.strip().startswith(tuple(compliance_prefixes)) for t in texts])
     return refused, complied
+
+
+def shared_padding(tokenizer, *prompt_sets) -> int:
+    """A padded length (a multiple of 8) that fits every prompt set: as
+    ``PipelineConfig.pad_multiple`` it gives all of them one shape, so jitted steps compile once."""
+    return max(encode_prompts(tokenizer, xs)[0].shape[1] for xs in prompt_sets if xs)
+
+
+def filter_by_refusal(
+    params, cfg, tokenizer, prompts, refused: bool, batch_size: int = 32, pad_multiple: int = 8
+) -> list[str]:
+    """The prompts whose greedy first response token is (``refused``) or is not the refusal
+    token - the paper's filter of training prompts."""
+    ids, mask = encode_prompts(
+        tokenizer, prompts, multiple=pad_multiple, max_length=cfg.max_position_embeddings
+    )
+    hit = first_token_refuses(params, cfg, ids, mask, [refusal_token(tokenizer)], None, batch_size)
+    return [p for p, h in zip(prompts, hit) if bool(h) == refused]
 
 
 def choose_best_layer(
@@ -156,15 +178,33 @@ class Prepared:
         return self.directions[self.best_layer]
 
 
-def prepare_methods(
-    params, cfg, tokenizer, saes, harmful_train, harmless_train, pc: PipelineConfig, *,
-    progress: bool = False, stage=lambda msg: None,
-) -> Prepared:  # fmt: skip
-    """Filter training prompts by refusal, build the direction at every layer, choose the best
-    layer, run LA-IG over the harmful prompts and select every method's feature set."""
-    enc = lambda xs: encode_prompts(tokenizer, xs, max_length=cfg.max_position_embeddings)
+@dataclasses.dataclass
+class Directions:
+    """Steps 1-2 of the pipeline: filtered training prompts, the direction at every layer and
+    the best layer."""
+
+    refusal_token: int
+    n_kept: dict  # harmful_train_kept, harmful_train, harmless_train_kept, harmless_train
+    directions: object  # [L, D]
+    best_layer: int
+    layer_rates: list  # first-token refusal with each layer's direction ablated ([] if given)
+    harmful: tuple  # (ids, mask) of the kept harmful prompts
+    harmless: tuple  # (ids, mask) of the kept harmless prompts
+    kept_harmful: np.ndarray  # [N] bool: which harmful training prompts were kept
+    kept_harmless: np.ndarray  # [N] bool
+
+
+def directions_and_layer(
+    params, cfg, tokenizer, harmful_train, harmless_train, pc: PipelineConfig,
+    stage=lambda msg: None,
+) -> Directions:  # fmt: skip
+    """Filter training prompts by refusal (harmful: refused, harmless: not, as in the paper),
+    build the difference-in-means direction at every layer and choose the best layer (or take
+    ``pc.best_layer``)."""
+    enc = lambda xs: encode_prompts(
+        tokenizer, xs, multiple=pc.pad_multiple, max_length=cfg.max_position_embeddings
+    )
     refusal_tok = refusal_token(tokenizer)
-    # 1. Filter training prompts (harmful: refused; harmless: not refused), as in the paper.
     harm_ids, harm_mask = enc(harmful_train)
     safe_ids, safe_mask = enc(harmless_train)
     keep_h = first_token_refuses(
@@ -181,8 +221,6 @@ def prepare_methods(
     harm_ids, harm_mask = harm_ids[keep_h], harm_mask[keep_h]
     safe_ids, safe_mask = safe_ids[keep_s], safe_mask[keep_s]
     stage("filtered")
-
-    # 2. Refusal direction at every layer; best layer.
     directions = refusal_directions(
         params, cfg, (harm_ids, harm_mask), (safe_ids, safe_mask), batch_size=pc.batch_size
     )[0]
@@ -194,8 +232,29 @@ def prepare_methods(
         if not 0 <= pc.best_layer < cfg.n_layers:
             raise ValueError(f"best_layer {pc.best_layer} out of range [0, {cfg.n_layers})")
         best, layer_rates = pc.best_layer, []
-    r_best = directions[best]
     stage(f"direction (layer {best})")
+    n_kept = {
+        "harmful_train_kept": int(keep_h.sum()),
+        "harmful_train": len(keep_h),
+        "harmless_train_kept": int(keep_s.sum()),
+        "harmless_train": len(keep_s),
+    }
+    return Directions(
+        refusal_tok, n_kept, directions, best, layer_rates, (harm_ids, harm_mask),
+        (safe_ids, safe_mask), np.asarray(keep_h), np.asarray(keep_s),
+    )  # fmt: skip
+
+
+def prepare_methods(
+    params, cfg, tokenizer, saes, harmful_train, harmless_train, pc: PipelineConfig, *,
+    progress: bool = False, stage=lambda msg: None,
+) -> Prepared:  # fmt: skip
+    """Filter training prompts by refusal, build the direction at every layer, choose the best
+    layer (:func:`directions_and_layer`), run LA-IG over the harmful prompts and select every
+    method's feature set."""
+    d = directions_and_layer(params, cfg, tokenizer, harmful_train, harmless_train, pc, stage)
+    (harm_ids, harm_mask), (safe_ids, safe_mask) = d.harmful, d.harmless
+    refusal_tok, best, r_best = d.refusal_token, d.best_layer, d.directions[d.best_layer]
 
     # 3. LA-IG over the (filtered) harmful training prompts.
     attr = accumulate_attributions(
@@ -204,33 +263,50 @@ def prepare_methods(
     stage("LA-IG")
 
     # 4. Feature sets.
+    sets = method_sets(
+        params, cfg, saes, attr, r_best, (harm_ids, harm_mask), (safe_ids, safe_mask), pc
+    )
+    stage("feature sets")
+    return Prepared(refusal_tok, d.n_kept, d.directions, best, d.layer_rates, attr, sets)
+
+
+def method_sets(
+    params, cfg, saes, attributions, r_best, harmful, harmless, pc: PipelineConfig,
+    per_sample: bool = False,
+) -> dict:  # fmt: skip
+    """Every method's feature set from LA-IG ``attributions`` [L, N, S] over the ``harmful``
+    prompts ((ids, mask); ``harmless`` likewise, for ``act``) and the direction ``r_best``:
+    global ``ours`` (F* within F0), ``la``, ``cs``, ``act`` and ``random``; with ``per_sample``
+    also ``ours_per_sample`` and ``la_per_sample`` (one set per harmful prompt, as the reference
+    code clamps on its benchmark)."""
     d_sae = int(saes.W_dec.shape[-2])
     f0 = candidate_features(saes, r_best, k=pc.n_candidates)
-    ours = select_features(attr, pc.n_features, candidates=f0)
-    act_h = max_activation_means(params, cfg, saes, harm_ids, harm_mask, pc.batch_size)
-    act_s = max_activation_means(params, cfg, saes, safe_ids, safe_mask, pc.batch_size)
+    ours = select_features(attributions, pc.n_features, candidates=f0)
+    act_h = max_activation_means(params, cfg, saes, *harmful, pc.batch_size)
+    act_s = max_activation_means(params, cfg, saes, *harmless, pc.batch_size)
     sets = {
         "ours": ours,
-        "la": la_features(attr, pc.n_features),
+        "la": la_features(attributions, pc.n_features),
         "cs": cs_features(saes, r_best, pc.n_features),
         "act": act_features(act_h, act_s, pc.n_features),
         "random": random_features(ours, d_sae, seed=pc.seed),
     }
-    stage("feature sets")
-    n_kept = {
-        "harmful_train_kept": int(keep_h.sum()),
-        "harmful_train": len(keep_h),
-        "harmless_train_kept": int(keep_s.sum()),
-        "harmless_train": len(keep_s),
-    }
-    return Prepared(refusal_tok, n_kept, directions, best, layer_rates, attr, sets)
+    if per_sample:
+        sets["ours_per_sample"] = select_features(
+            attributions, pc.n_features, candidates=f0, per_sample=True
+        )
+        sets["la_per_sample"] = select_features(attributions, pc.n_features, per_sample=True)
+    return sets
 
 
 def method_patches(prep: Prepared, saes, cfg, pc: PipelineConfig) -> dict:
     """Patch per method: base (None), AS (directional ablation of r_best at every layer) and a
-    multiply clamp (``pc.clamp_value``) of each feature set."""
+    multiply clamp (``pc.clamp_value``) of each feature set (padded to one width, so every clamp
+    compiles once)."""
     patches = {"base": None, "AS": ablate_direction(prep.r_best, cfg.n_layers)}
+    width = max(fs.idx.shape[-1] for fs in prep.sets.values())
     for name, fs in prep.sets.items():
+        fs = pad_width(fs, max(width, pc.n_features))
         patches[name] = clamp_features(saes, fs, pc.clamp_value, mode="multiply")
     return patches
 
@@ -397,10 +473,15 @@ __all__ = [
     "Prepared",
     "PromptData",
     "accumulate_attributions",
+    "Directions",
     "choose_best_layer",
+    "directions_and_layer",
+    "filter_by_refusal",
     "judge_responses",
     "method_patches",
+    "method_sets",
     "prepare_methods",
     "refusal_token",
     "run_pipeline",
+    "shared_padding",
 ]

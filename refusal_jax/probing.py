@@ -1,15 +1,25 @@
-"""Out-of-distribution probing (the paper's probing experiment): do refusal features recognise
-harmful requests that jailbreak the model?
+"""Out-of-distribution probing (the paper's probing experiment): which representation predicts
+whether the model refuses, on prompts unlike the ones the probe was trained on?
 
 Linear probes (scikit-learn logistic regression on standardized inputs) on last-token
-representations, trained on vanilla harmful (label 1) vs harmless (label 0) prompts and tested on
-groups such as vanilla harmful prompts and successful jailbreaks (both label 1):
+representations are trained on vanilla harmful (refused, label 1) vs harmless (label 0) prompts
+and tested on groups with their own labels. The reference code (wj210/refusal_sae,
+notebooks/wildjailbreak.ipynb) tests on vanilla harmful prompts (label 1) and on adversarial
+prompts that jailbreak the model (label 0: the model does not refuse them), so a probe scores on
+jailbreaks only if it follows the model's refusal rather than the request's harmfulness. Its
+Gemma-2-2B numbers (overall, adversarial / vanilla): refusal features .87 (.86 / .88), dense
+.51 (.03 / .98), random features .50. Every group also reports the share predicted 1 (harmful /
+refused), so the harmfulness reading (jailbreaks labelled 1) is one minus the jailbreak accuracy.
 
-- ``refusal``: the SAE activations of a feature set (the paper's refusal features) at the last
-  token, each feature at its own layer;
+Probes (:func:`probe_report`):
+
+- ``refusal``: the SAE activations of a feature set (the refusal features) at the last token,
+  each feature at its own layer;
 - ``dense``: the residual stream at the layer with the best accuracy on a validation part of the
-  training prompts (the reference code used the last layer);
-- ``random``: as many random SAE features, drawn per layer like the refusal set.
+  training prompts (ties: the first such layer, as the reference's ``max``); the reference code
+  evaluated the last layer's probe instead (a defect). Every layer's probe is reported too;
+- ``random``: as many random SAE features (per layer like the refusal set), averaged over
+  several draws.
 """
 
 from __future__ import annotations
@@ -42,6 +52,12 @@ def last_token_resid(params, cfg, ids, mask, batch_size: int = 32) -> np.ndarray
 def feature_matrix(saes, features: FeatureSet, resid: np.ndarray) -> np.ndarray:
     """SAE activations of a (global) feature set from last-token residuals [N, L, D]:
     [N, n_features], columns in ``features.pairs()`` order."""
+    if features.per_sample:
+        raise ValueError("probes take a global feature set (one column per feature)")
+    if resid.ndim != 3 or resid.shape[1] != features.n_layers:
+        raise ValueError(
+            f"resid has shape {resid.shape}; expected [N, {features.n_layers} layers, D]"
+        )
     cols = []
     for layer, f in features.pairs():
         sae_l = sae_lib.sae_layer(saes, layer)
@@ -58,6 +74,8 @@ def fit_probe(x: np.ndarray, y: np.ndarray, seed: int = 0):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} inputs for {len(y)} labels")
     if len(np.unique(y)) < 2:
         raise ValueError("probe training data holds one class only")
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
@@ -65,10 +83,11 @@ def fit_probe(x: np.ndarray, y: np.ndarray, seed: int = 0):
 
 
 def best_dense_layer(resid: np.ndarray, y: np.ndarray, val_fraction: float = 0.25, seed: int = 0):
-    """Layer whose dense probe scores best on a held-out part of the training prompts:
-    (layer, validation accuracy per layer)."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
+    """The layer whose dense probe, trained on the rest, scores best on a held-out
+    ``val_fraction`` of the training prompts (ties: the first): (layer, accuracy per layer)."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction {val_fraction} must be in (0, 1)")
+    order = np.random.default_rng(seed).permutation(len(y))
     n_val = max(2, int(len(y) * val_fraction))
     val, tr = order[:n_val], order[n_val:]
     accs = []
@@ -78,27 +97,49 @@ def best_dense_layer(resid: np.ndarray, y: np.ndarray, val_fraction: float = 0.2
     return int(np.argmax(accs)), accs
 
 
+def _evaluate(probe, view, groups: dict) -> dict:
+    accs, pred_pos, right, total = {}, {}, 0, 0
+    for g, (resid, y) in groups.items():
+        pred = probe.predict(view(resid))
+        accs[g] = float((pred == y).mean())
+        pred_pos[g] = float((pred == 1).mean())
+        right, total = right + int((pred == y).sum()), total + len(y)
+    return {"overall": right / total, "groups": accs, "predicted_positive": pred_pos}
+
+
 def probe_report(
-    saes, refusal: FeatureSet, random: FeatureSet, train_resid, train_y, groups: dict, seed=0
+    saes, refusal: FeatureSet, random_sets, train_resid, train_y, groups: dict, seed: int = 0
 ) -> dict:
-    """Accuracies of the three probes on every test group ({name: (resid [N, L, D], labels)})
-    and overall (all groups pooled)."""
+    """Accuracies of the probes on every test group ({name: (resid [N, L, D], labels [N])})
+    and overall (all groups pooled), and the share of each group predicted 1.
+    ``random_sets``: one or more random feature sets (results averaged over them)."""
+    if not groups:
+        raise ValueError("no test groups")
+    for g, (resid, y) in groups.items():
+        if len(resid) != len(y) or len(y) == 0:
+            raise ValueError(f"group {g!r}: {len(resid)} inputs for {len(y)} labels")
+    random_sets = [random_sets] if isinstance(random_sets, FeatureSet) else list(random_sets)
     layer, val_accs = best_dense_layer(train_resid, train_y, seed=seed)
-    views = {
-        "refusal": lambda r: feature_matrix(saes, refusal, r),
-        "dense": lambda r: r[:, layer],
-        "random": lambda r: feature_matrix(saes, random, r),
+    fit_eval = lambda view: _evaluate(fit_probe(view(train_resid), train_y, seed), view, groups)
+    by_layer = [fit_eval(lambda r, lay=lay: r[:, lay]) for lay in range(train_resid.shape[1])]
+    draws = [fit_eval(lambda r, fs=fs: feature_matrix(saes, fs, r)) for fs in random_sets]
+    mean = lambda key, g=None: float(np.mean([d[key] if g is None else d[key][g] for d in draws]))
+    random = {
+        "overall": mean("overall"),
+        "groups": {g: mean("groups", g) for g in groups},
+        "predicted_positive": {g: mean("predicted_positive", g) for g in groups},
+        "overall_per_draw": [d["overall"] for d in draws],
     }
-    out = {"dense_layer": layer, "dense_val_accuracy_by_layer": val_accs, "probes": {}}
-    for name, view in views.items():
-        probe = fit_probe(view(train_resid), train_y, seed)
-        accs, right, total = {}, 0, 0
-        for g, (resid, y) in groups.items():
-            pred = probe.predict(view(resid))
-            accs[g] = float((pred == y).mean())
-            right, total = right + int((pred == y).sum()), total + len(y)
-        out["probes"][name] = {"overall": right / total, "groups": accs}
-    return out
+    return {
+        "dense_layer": layer,
+        "dense_val_accuracy_by_layer": val_accs,
+        "probes": {
+            "refusal": fit_eval(lambda r: feature_matrix(saes, refusal, r)),
+            "dense": by_layer[layer],
+            "random": random,
+        },
+        "dense_by_layer": by_layer,
+    }
 
 
 __all__ = [

@@ -83,3 +83,34 @@ def left_padded_batch(seed: int = 0, batch: int = 3, length: int = 12, pads=(0, 
         ids[row, :n] = 0
         mask[row, :n] = 0
     return ids, mask
+
+
+def save_tiny_classifier(folder, tokenizer_dir, seed: int = 0, vocab_size: int = 2048):
+    """A random 2-layer HF Llama saved with ``save_pretrained`` plus the tokenizer files of
+    ``tokenizer_dir``: a stand-in for a causal-LM classifier (the HarmBench judge), for plumbing
+    tests only."""
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=1,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # large weights: the yes/no margin then depends on the prompt
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, NORM_STD)
+            elif "embed" in name:
+                p.normal_(0, 1.0)
+            else:
+                p.normal_(0, 4.0 / np.sqrt(p.shape[-1]))
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(tokenizer_dir) / name, Path(folder) / name)
+    return folder

@@ -1,14 +1,19 @@
-"""Classifier judge plumbing: a tiny random HF Llama stands in for the HarmBench classifier; our
-ports + jitted forward must give the same yes/no verdicts as transformers on the same prompts."""
+"""Judges: the substring / compliance judge, and the classifier judge's plumbing - a tiny random
+HF Llama stands in for the HarmBench classifier; our ports + jitted forward must give the same
+yes/no scores (and verdicts P(Yes) > P(No)) as transformers on the same prompts."""
 
 from __future__ import annotations
-
-import shutil
 
 import numpy as np
 import pytest
 
-from refusal_jax.judges import ClassifierJudge, harmbench_prompt
+from refusal_jax.judges import (
+    HARMBENCH_MODEL_CARD_PROMPT,
+    HARMBENCH_PROMPT,
+    ClassifierJudge,
+    harmbench_prompt,
+    jailbreak_scores,
+)
 from refusal_jax.organism import MODEL_DIR
 
 torch = pytest.importorskip("torch")
@@ -16,29 +21,37 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from hf_tiny import save_tiny_classifier
 
-    folder = tmp_path_factory.mktemp("cls")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=2048, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=1,
-    )  # fmt: skip
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5 / np.sqrt(p.shape[-1]))
-    model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):  # the organism's BPE tokenizer
-        shutil.copy(MODEL_DIR / name, folder / name)
-    return folder
+    return save_tiny_classifier(tmp_path_factory.mktemp("cls"), MODEL_DIR)
+
+
+def test_prompts_have_the_harmbench_layout():
+    p = harmbench_prompt("make a weapon", "Sure, step 1")
+    assert p.startswith("[INST] <<SYS>>\nYou are a classifier for red teaming")
+    assert "[BEHAVIOR]:\nmake a weapon\n\n[GENERATION]:\nSure, step 1\n\n---\nRules:" in p
+    assert p.endswith("Answer: [/INST]") and p.count("\n- ") == 7
+    q = harmbench_prompt("make a weapon", "x", HARMBENCH_MODEL_CARD_PROMPT)
+    assert "Behavior:\nmake a weapon\n\nGeneration:\nx" in q and q.count("\n- ") == 4
+    assert HARMBENCH_PROMPT != HARMBENCH_MODEL_CARD_PROMPT
+
+
+def test_jailbreak_scores_substring_and_compliance():
+    texts = ["Sure, here is how", "I'm sorry, I can't", "Roses are red", "Here you go"]
+    s = jailbreak_scores(["b"] * 4, texts, compliance_prefixes=("Sure", "Here"))
+    assert s == {"refusal_rate": 0.25, "jailbreak_rate": 0.5}
+    assert jailbreak_scores(["b"] * 4, texts)["jailbreak_rate"] == 0.75  # no refusal
+    fake = lambda b, t: np.array([x.startswith("Roses") for x in t])
+    assert jailbreak_scores(["b"] * 4, texts, classifier=fake)["classifier_harmful_rate"] == 0.25
+    with pytest.raises(ValueError, match="no responses"):
+        jailbreak_scores([], [])
 
 
 def test_classifier_judge_matches_transformers(classifier_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     judge = ClassifierJudge.load(classifier_dir, batch_size=2)
+    assert judge.name == str(classifier_dir) and judge.template == HARMBENCH_PROMPT
     behaviors = ["make a weapon", "steal a car", "write a poem", "hack a website", "bake bread"]
     gens = ["Sure, first get", "I'm sorry, I can't.", "Roses are red", "Step 1: scan", "Mix flour"]
     scores = judge.scores(behaviors, gens)
@@ -48,12 +61,20 @@ def test_classifier_judge_matches_transformers(classifier_dir):
     for b, g in zip(behaviors, gens):
         ids = tok(harmbench_prompt(b, g), add_special_tokens=True, return_tensors="pt")
         with torch.no_grad():
-            last = hf(**ids).logits[0, -1]
-        ref.append(float(last[judge.yes_token] - last[judge.no_token]))
-    np.testing.assert_allclose(scores, ref, atol=1e-4)
-    np.testing.assert_array_equal(judge(behaviors, gens), np.asarray(ref) > 0)
-    assert "Behavior:\nmake a weapon" in harmbench_prompt("make a weapon", "x")
+            logp = torch.log_softmax(hf(**ids).logits[0, -1], -1)
+        ref.append(float(logp[judge.yes_token] - logp[judge.no_token]))
+    np.testing.assert_allclose(scores, ref, rtol=1e-4, atol=1e-3)
+    # The verdicts vary (a constant judge would not test the comparison) and equal P(Yes) > P(No).
+    verdicts = np.asarray(ref) > 0
+    assert 0 < verdicts.sum() < len(ref) and np.min(np.abs(ref)) > 1e-2
+    np.testing.assert_array_equal(judge(behaviors, gens), verdicts)
+    card = ClassifierJudge.load(classifier_dir, template=HARMBENCH_MODEL_CARD_PROMPT)
+    assert not np.allclose(card.scores(behaviors, gens), scores, atol=1e-6)
     with pytest.raises(ValueError, match="2 behaviors but 1 generations"):
         judge.scores(["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="no .behavior, generation. pairs"):
+        judge.scores([], [])
     with pytest.raises(ValueError, match="more than the classifier's context"):
-        judge.scores(["a"], ["word " * 2000])
+        judge.scores(["a"], ["word " * 3000])
+    with pytest.raises(ValueError, match="needs \\{behavior\\} and \\{generation\\}"):
+        ClassifierJudge.load(classifier_dir, template="no fields")
