@@ -8,6 +8,12 @@ responses, and plain text); all layers train together in one vmapped step (Batch
 inference form is JumpReLU with a learned threshold, so sparse clamping is exact). Saved in the
 GemmaScope layout ``layer_{l}/width_{w}/average_l0_{n}/params.npz`` with a ``metrics.json`` of
 FVU / L0 / dead fraction on held-out (test split) activations.
+
+The defaults reproduce the committed SAEs (held-out FVU 0.097-0.106 at L0 ~32). Trained longer
+on more data (``--steps 2400 --lr-decay-fraction 0.3 --n-sequences 8000 --k 30``, 10 min) they
+reconstruct better (held-out FVU 0.080-0.089 at L0 30.6-31.3), but on those SAEs clamping the
+selected features removes the organism's refusal without making it comply (demo: ours jailbreak
+0.22; best on the validation grid 0.65), so the committed set is the shorter run.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ def train_organism_saes(
     d_sae: int = 1024,
     k: int = 32,
     steps: int = 1200,
+    lr_decay_fraction: float = 0.0,
+    n_sequences: int = 4000,
     batch_tokens: int = 1024,
     seed: int = 0,
     ckpt_dir=None,
@@ -77,7 +85,7 @@ def train_organism_saes(
     from refusal_jax.organism import load_organism
 
     cfg, params, tok = load_organism(model_dir)
-    ids, mask = corpus_tokens(tok, "train", 4000, seed)
+    ids, mask = corpus_tokens(tok, "train", n_sequences, seed)
     source = sae_train.ModelSource(
         params, cfg, (ids, mask), range(cfg.n_layers), batch_tokens, seqs_per_step=32, seed=seed
     )
@@ -88,6 +96,7 @@ def train_organism_saes(
         n_steps=steps,
         lr=1e-3,
         lr_warmup_steps=50,
+        lr_decay_fraction=lr_decay_fraction,
         seed=seed,
     )
     t0 = time.perf_counter()
@@ -126,8 +135,14 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ARTIFACTS / "saes"))
     p.add_argument("--ckpt-dir", default=None, help="orbax checkpoints (resume after a kill)")
     p.add_argument("--d-sae", type=int, default=1024)
-    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--k", type=int, default=32, help="BatchTopK k (mean L0 in training)")
     p.add_argument("--steps", type=int, default=1200)
+    p.add_argument(
+        "--lr-decay-fraction", type=float, default=0.0, help="final share of steps with LR decay"
+    )
+    p.add_argument(
+        "--n-sequences", type=int, default=4000, help="training chat examples (at most the split)"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     m = train_organism_saes(
@@ -136,6 +151,8 @@ def main(argv=None) -> None:
         d_sae=args.d_sae,
         k=args.k,
         steps=args.steps,
+        lr_decay_fraction=args.lr_decay_fraction,
+        n_sequences=args.n_sequences,
         seed=args.seed,
         ckpt_dir=args.ckpt_dir,
     )
