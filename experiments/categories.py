@@ -95,8 +95,20 @@ def main(argv=None) -> dict:
     p.add_argument("--n-prompts", type=int, default=50, help="per category (the paper: 50)")
     p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
     p.add_argument("--n-features", type=int, default=20, help="|F*| per category")
+    p.add_argument(
+        "--n-candidates",
+        type=int,
+        default=None,
+        help="F0 per layer (default: the subject's; the reference's categories code uses 10)",
+    )
     p.add_argument("--best-layer", type=int, default=None)
-    p.add_argument("--clamp-value", type=float, default=None)
+    p.add_argument("--clamp-value", type=float, default=None, help="for 'all' (F*_c)")
+    p.add_argument(
+        "--small-set-clamp",
+        type=float,
+        default=-3.0,
+        help="for the k common / specific features (the reference code: -3)",
+    )
     p.add_argument(
         "--max-new-tokens", type=int, default=None, help="default 24 (organism), 256 (real)"
     )
@@ -117,7 +129,8 @@ def main(argv=None) -> dict:
     out = run_folder(args, "categories")
     fit, test, harmless = _data(subject, args)
     pc = PipelineConfig(
-        n_steps=args.n_steps, n_candidates=subject.n_candidates, n_features=args.n_features,
+        n_steps=args.n_steps, n_features=args.n_features,
+        n_candidates=args.n_candidates or subject.n_candidates,
         skip_positions=subject.skip_positions, seed=args.seed,
         max_new_tokens=args.max_new_tokens or (24 if subject.organism else 256),
         compliance_prefixes=subject.compliance_prefixes,
@@ -143,10 +156,10 @@ def main(argv=None) -> dict:
     res = category_interventions(
         params, cfg, tok, saes, cf, test, clamp, pc, classifier=classifier, cache=cache,
         transfer=not args.no_transfer, progress=not args.quiet,
+        small_set_clamp=args.small_set_clamp,
     )  # fmt: skip
     res.update(
         protocol=args.protocol,
-        clamp_value=clamp,
         n_prompts={c: len(v) for c, v in test.items()},
         n_common_strict=len(shared_features(cf.sets, 1.0).pairs()),
         subject=subject.describe(),

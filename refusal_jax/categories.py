@@ -178,13 +178,17 @@ def _edited(cf: CategoryFeatures, spec: dict, cat: str, name: str):
 def category_interventions(
     params, cfg, tokenizer, saes, cf: CategoryFeatures, prompts_by_category: dict,
     clamp_value: float, pc: PipelineConfig, *, classifier=None, cache: Cache | None = None,
-    transfer: bool = True, progress: bool = False,
+    transfer: bool = True, progress: bool = False, small_set_clamp: float | None = None,
 ) -> dict:  # fmt: skip
     """Score every intervention on every category's prompts (greedy generation of
     ``pc.max_new_tokens`` tokens, judged with ``pc.compliance_prefixes`` and the optional
     ``classifier``); normalized scores and (``transfer``) the transfer matrix. Schema:
     experiments/README.md. Give ``pc.pad_multiple`` = :func:`refusal_jax.pipeline.shared_padding`
-    of every prompt set to compile each step once."""
+    of every prompt set to compile each step once.
+
+    ``clamp_value`` multiplies F*_c in ``all``; ``small_set_clamp`` (None: the same) multiplies
+    the k common or specific features of ``common``, ``specific`` and transfer (the reference code
+    clamps these smaller sets by -3 whatever the model's own factor)."""
     cache = cache or Cache(None)
     cats = list(cf.sets)
     missing = [c for c in cats if not prompts_by_category.get(c)]
@@ -193,11 +197,12 @@ def category_interventions(
     k = len(cf.common.pairs())
     width = max([pc.n_features] + [s.idx.shape[-1] for s in cf.sets.values()])
     pad = lambda fs: pad_width(fs, width)
-    clamp = lambda fs: clamp_features(saes, pad(fs), clamp_value)
+    small = clamp_value if small_set_clamp is None else small_set_clamp
+    clamp = lambda fs, c=clamp_value: clamp_features(saes, pad(fs), c)
     spec = {c: cf.specific_top(c, k) for c in cats}
     rt = refusal_token(tokenizer)
     score_key = "jailbreak_rate" if classifier is None else "classifier_harmful_rate"
-    setting = (dataclasses.asdict(pc), clamp_value, cf.best_layer, cf.min_share)
+    setting = (dataclasses.asdict(pc), clamp_value, small, cf.best_layer, cf.min_share)
 
     def judge(prompts, texts):
         if classifier is None:
@@ -232,9 +237,9 @@ def category_interventions(
         patches = {"base": None, "all": clamp(cf.sets[cat])}
         if k:
             hold_common = hold(cf.common, ids, mask)
-            patches["common"] = Simultaneous((clamp(cf.common), hold(spec[cat], ids, mask)))
+            patches["common"] = Simultaneous((clamp(cf.common, small), hold(spec[cat], ids, mask)))
             for o in cats if do_transfer else [cat]:
-                patches[f"specific_of:{o}"] = Simultaneous((clamp(spec[o]), hold_common))
+                patches[f"specific_of:{o}"] = Simultaneous((clamp(spec[o], small), hold_common))
         row = {}
         for name, patch in patches.items():
             edited = _edited(cf, spec, cat, name)
@@ -285,6 +290,8 @@ def category_interventions(
         "categories": cats,
         "best_layer": cf.best_layer,
         "min_share": cf.min_share,
+        "clamp_value": clamp_value,
+        "small_set_clamp": small,
         "n_common": k,
         "common_features": cf.common.pairs(),
         "specific_features": {c: spec[c].pairs() for c in cats},
