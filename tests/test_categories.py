@@ -227,3 +227,18 @@ def test_categories_script_schema_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(categories, "generate_tokens", lambda *a, **k: pytest.fail("generation"))
     again = _script().main(["--resume", str(folder), *REDUCED])
     assert again["scores"] == res["scores"] and again["transfer"] == res["transfer"]
+
+
+@needs_organism
+@pytest.mark.slow
+def test_shared_features_carry_the_jailbreak_on_the_organism(tmp_path):
+    """The full paper-protocol run on all 8 categories (no transfer matrix): features shared by
+    at least 6 of the 8 categories' F* jailbreak far more than as many category-specific ones
+    (README: 0.84 vs 0.19). The paper's strict intersection is empty on the organism at its
+    chosen layer (README), so this uses the documented 6-of-8 share."""
+    res = _script().main(
+        ["--out", str(tmp_path), "--min-share", "0.75", "--no-transfer", "--quiet"]
+    )
+    s = res["summary"]["jailbreak_rate"]
+    assert res["best_layer"] == 0 and res["n_common"] >= 5
+    assert s["common"] >= s["specific"] + 0.4, s
