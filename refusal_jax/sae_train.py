@@ -404,6 +404,36 @@ def init_states(source, tcfg: TrainConfig) -> LayerState:
     return jax.tree.map(lambda *a: jnp.stack(a), *states)
 
 
+def warm_start(states: LayerState, saes: SAE) -> LayerState:
+    """``states`` with SAEs that compute the same function as ``saes`` (stacked [L, ...], e.g.
+    loaded from disk with :func:`refusal_jax.runs.load_saes`), moved into the training's scaled
+    input space; optimizer state and firing counters stay fresh.
+
+    Fine-tuning from trained SAEs (:func:`train_sae` ``init=``) keeps their features' identities
+    while lowering the reconstruction error. The layer count, d_in and width must match."""
+    want = (states.scale.shape[0],) + tuple(states.sae.W_dec.shape[1:])
+    got = tuple(saes.W_dec.shape)
+    if got != want:
+        raise ValueError(f"warm start: SAEs of shape {got} (layers, d_sae, d_in), training {want}")
+    if saes.cfg.input_scale != 1.0:
+        saes = sae_lib.fold_input_scale(saes)
+    s = states.scale.astype(jnp.float32)
+    # exported = (W_enc * s, W_dec / s, b_dec / s) of the training SAE (see export_saes)
+    w_enc = saes.W_enc / s[:, None, None]
+    w_dec = saes.W_dec * s[:, None, None]
+    b_dec = saes.b_dec * s[:, None]
+    b_enc = saes.b_enc
+    uses_b_dec = lambda cfg: bool(cfg.apply_b_dec_to_input)
+    if uses_b_dec(states.sae.cfg) and not uses_b_dec(saes.cfg):
+        b_enc = b_enc + jnp.einsum("ld,lds->ls", b_dec, w_enc)
+    elif uses_b_dec(saes.cfg) and not uses_b_dec(states.sae.cfg):
+        b_enc = b_enc - jnp.einsum("ld,lds->ls", b_dec, w_enc)
+    sae = states.sae.replace(
+        W_enc=w_enc, b_enc=b_enc, W_dec=w_dec, b_dec=b_dec, threshold=saes.threshold
+    )
+    return states.replace(sae=jax.tree.map(lambda a: a.astype(jnp.float32), sae))
+
+
 def export_saes(states: LayerState) -> list[SAE]:
     """Trained SAEs (one per stacked layer), scale folded into the weights (input_scale 1)."""
     out = []
@@ -421,9 +451,11 @@ def _manager(ckpt_dir, keep: int = 2):
     return ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=opts)
 
 
-def _check_config(ckpt_dir: Path, tcfg: TrainConfig, source) -> None:
+def _check_config(ckpt_dir: Path, tcfg: TrainConfig, source, init=None) -> None:
     info = {"train_config": dataclasses.asdict(tcfg), "d_in": source.d_in}
     info["n_layers"] = source.n_layers
+    if init is not None:  # a fingerprint of the warm-start SAEs
+        info["init"] = [float(np.asarray(init.W_dec, np.float64).sum()), list(init.W_dec.shape)]
     path = ckpt_dir / "train_config.json"
     if path.exists():
         saved = json.loads(path.read_text())
@@ -445,6 +477,7 @@ def train_sae(
     stop_after: int | None = None,
     log_every: int = 10,
     progress: bool = True,
+    init: SAE | None = None,
 ) -> TrainResult:
     """Train one SAE per source layer (all layers in one vmapped step).
 
@@ -452,17 +485,20 @@ def train_sae(
     KeyboardInterrupt and at the end, and a run restarted with the same folder resumes from the
     latest checkpoint; because batches and initialization depend only on (seed, step), the
     result equals an uninterrupted run's. ``stop_after=n`` simulates a kill: after step n the
-    state is saved and :class:`TrainingInterrupted` is raised.
+    state is saved and :class:`TrainingInterrupted` is raised. ``init``: stacked SAEs to start
+    from (fine-tuning, see :func:`warm_start`) instead of a random initialization.
     """
     from tqdm.auto import tqdm
 
     states = init_states(source, tcfg)
+    if init is not None:
+        states = warm_start(states, init)
     start, mngr = 0, None
     if ckpt_dir is not None:
         import orbax.checkpoint as ocp
 
         ckpt_dir = Path(ckpt_dir)
-        _check_config(ckpt_dir, tcfg, source)
+        _check_config(ckpt_dir, tcfg, source, init)
         mngr = _manager(ckpt_dir)
         latest = mngr.latest_step()
         if latest is not None:

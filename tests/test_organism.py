@@ -248,9 +248,7 @@ def test_organism_matches_transformers(organism, corpus):
 @needs_artifacts
 def test_organism_saes_reconstruct_held_out_activations(organism):
     """The committed SAEs on held-out test-split activations (unseen request templates and
-    topics) reproduce metrics.json: FVU 0.097-0.106 at mean L0 31.7-32.2 (the issue asks for
-    FVU <= 0.1 at L0 <= 32; see refusal_jax/organism/train_saes.py for why the committed set is
-    slightly above it)."""
+    topics): FVU <= 0.1 at mean L0 <= 32 at every layer, as metrics.json records."""
     import jax.numpy as jnp
 
     from refusal_jax.organism import ARTIFACTS
@@ -267,6 +265,6 @@ def test_organism_saes_reconstruct_held_out_activations(organism):
     for layer in range(cfg.n_layers):
         m = reconstruction_metrics(sae_layer(saes, layer), jnp.asarray(acts[layer]))
         fvu, l0 = float(m["fvu"]), float(m["l0"])
-        assert fvu <= 0.107 and l0 <= 32.3, (layer, fvu, l0)
+        assert fvu <= 0.1 and l0 <= 32, (layer, fvu, l0)
         assert abs(fvu - recorded[str(layer)]["fvu"]) < 1e-3, (layer, fvu, recorded)
         assert abs(l0 - recorded[str(layer)]["l0"]) < 0.05, (layer, l0, recorded)

@@ -2,6 +2,8 @@
 thresholds, the straight-through estimator, kill-and-resume, multi-layer vmapped training from
 the model, and CE loss recovered."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -231,3 +233,35 @@ def test_cli_train_sae_on_activations(tmp_path):
     assert summary["layers"]["0"]["fvu"] < 0.6
     sae = sae_io.load_sae(tmp_path / "run" / "layer_0", expected_d_in=D)
     assert (sae.cfg.architecture, sae.cfg.k, sae.cfg.d_sae) == ("topk", 4, 64)
+
+
+def test_warm_start_keeps_the_function_and_fine_tuning_keeps_the_features(tmp_path):
+    """Fine-tuning from saved SAEs (train_sae(init=)): at step 0 the SAEs compute exactly what
+    the saved ones do (scale and b_dec moved into the training's space); after more steps the
+    features keep their identities (decoder rows barely turn) and the error does not grow."""
+    from ports.sae import load_gemmascope, save_gemmascope
+    from refusal_jax.sae import encode, stack_saes
+
+    src = sae_train.ArraySource(X[:8192], 256, seed=0)
+    base = sae_train.TrainConfig(d_sae=128, n_steps=300, lr=3e-3, **TRAINERS["batchtopk"])
+    first = sae_train.train_sae(src, base, progress=False).saes[0]
+    save_gemmascope(first, tmp_path / "sae")
+    saved = load_gemmascope(tmp_path / "sae")  # JumpReLU form, b_dec folded into b_enc
+    init = stack_saes([saved])
+    x = jnp.asarray(X[12288:13312])
+
+    states = sae_train.warm_start(sae_train.init_states(src, base), init)
+    same = sae_train.export_saes(states)[0]
+    np.testing.assert_allclose(encode(same, x), encode(saved, x), rtol=1e-5, atol=1e-5)
+    before = float(sae_train.reconstruction_metrics(saved, x)["fvu"])
+
+    tune = dataclasses.replace(base, n_steps=300, lr=1e-3, lr_decay_fraction=0.5)
+    tuned = sae_train.train_sae(src, tune, progress=False, init=init).saes[0]
+    after = float(sae_train.reconstruction_metrics(tuned, x)["fvu"])
+    rows = lambda s: np.asarray(s.W_dec) / np.linalg.norm(np.asarray(s.W_dec), axis=1)[:, None]
+    cos = (rows(tuned) * rows(saved)).sum(1)
+    assert np.median(cos) > 0.95, np.median(cos)
+    assert after <= before * 1.02, (before, after)
+
+    with pytest.raises(ValueError, match="warm start"):
+        sae_train.warm_start(sae_train.init_states(src, dataclasses.replace(base, d_sae=64)), init)

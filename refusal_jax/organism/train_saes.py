@@ -9,11 +9,15 @@ inference form is JumpReLU with a learned threshold, so sparse clamping is exact
 GemmaScope layout ``layer_{l}/width_{w}/average_l0_{n}/params.npz`` with a ``metrics.json`` of
 FVU / L0 / dead fraction on held-out (test split) activations.
 
-The defaults reproduce the committed SAEs (held-out FVU 0.097-0.106 at L0 ~32). Trained longer
-on more data (``--steps 2400 --lr-decay-fraction 0.3 --n-sequences 8000 --k 30``, 10 min) they
-reconstruct better (held-out FVU 0.080-0.089 at L0 30.6-31.3), but on those SAEs clamping the
-selected features removes the organism's refusal without making it comply (demo: ours jailbreak
-0.22; best on the validation grid 0.65), so the committed set is the shorter run.
+Two stages (:data:`STAGES`, about 11 minutes on 2 CPU cores): 1200 steps from a random start
+(k = 32, LR 1e-3: held-out FVU 0.097-0.106 at L0 ~32), then 1200 steps of fine-tuning from
+those SAEs (:func:`refusal_jax.sae_train.warm_start`) on all 5516 training examples (the first
+stage: 4000) with k = 30 and an LR of 3e-4 decaying to 0 (held-out FVU 0.083-0.093 at L0
+30.6-31.2). Fine-tuning keeps the features' identities; SAEs trained as long from a random
+start reach a similar FVU (2400 steps, FVU 0.080-0.089) but split the organism's refusal
+differently: clamping their selected features removes the refusal without producing compliance
+(demo: ours 0.22 jailbreak), while on the fine-tuned SAEs the method works as on the first
+stage's (demo: ours 1.00).
 """
 
 from __future__ import annotations
@@ -66,50 +70,84 @@ def held_out_activations(params, cfg, ids, mask, n_tokens: int = 4096, seed: int
     return acts[:, np.sort(pick)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One SAE training stage: BatchTopK ``k``, ``steps`` of ``batch_tokens`` activations drawn
+    from ``n_sequences`` training chat examples (plus a quarter as many plain texts), peak ``lr``
+    and a linear decay over the final ``lr_decay_fraction`` of the steps."""
+
+    k: int = 32
+    steps: int = 1200
+    lr: float = 1e-3
+    lr_decay_fraction: float = 0.0
+    n_sequences: int = 4000
+
+
+# The committed SAEs: a 1200-step run from a random start, then a fine-tuning stage from it with
+# more data, a lower LR decaying to 0 and k = 30 (features keep their identities; held-out FVU
+# 0.097-0.106 -> about 0.08-0.09, mean L0 just under 32).
+STAGES = (Stage(), Stage(k=30, steps=1200, lr=3e-4, lr_decay_fraction=0.5, n_sequences=8000))
+
+
 def train_organism_saes(
     model_dir,
     out_dir,
     *,
     d_sae: int = 1024,
-    k: int = 32,
-    steps: int = 1200,
-    lr_decay_fraction: float = 0.0,
-    n_sequences: int = 4000,
+    stages: tuple[Stage, ...] = STAGES,
     batch_tokens: int = 1024,
     seed: int = 0,
     ckpt_dir=None,
+    init_dir=None,
     progress: bool = True,
 ) -> dict:
+    """Train the SAEs in ``stages`` (each warm-started from the previous one; the first from
+    random weights, or from the SAEs in ``init_dir``) and save the result in ``out_dir``
+    (replacing SAEs of the same width there) with ``metrics.json``. ``ckpt_dir``: orbax
+    checkpoints per stage, so a killed run resumes."""
+    import shutil
+
     from ports.sae import save_gemmascope
     from refusal_jax import sae_train
     from refusal_jax.organism import load_organism
+    from refusal_jax.runs import load_saes
 
+    if not stages:
+        raise ValueError("no training stages")
     cfg, params, tok = load_organism(model_dir)
-    ids, mask = corpus_tokens(tok, "train", n_sequences, seed)
-    source = sae_train.ModelSource(
-        params, cfg, (ids, mask), range(cfg.n_layers), batch_tokens, seqs_per_step=32, seed=seed
-    )
-    tcfg = sae_train.TrainConfig(
-        architecture="batchtopk",
-        d_sae=d_sae,
-        k=k,
-        n_steps=steps,
-        lr=1e-3,
-        lr_warmup_steps=50,
-        lr_decay_fraction=lr_decay_fraction,
-        seed=seed,
-    )
+    init = None if init_dir is None else load_saes(init_dir, cfg.n_layers, str(d_sae))
     t0 = time.perf_counter()
-    result = sae_train.train_sae(
-        source, tcfg, ckpt_dir=ckpt_dir, checkpoint_every=250, progress=progress
-    )
+    configs = []
+    for i, st in enumerate(stages):
+        ids, mask = corpus_tokens(tok, "train", st.n_sequences, seed)
+        source = sae_train.ModelSource(
+            params, cfg, (ids, mask), range(cfg.n_layers), batch_tokens, seqs_per_step=32,
+            seed=seed,
+        )  # fmt: skip
+        tcfg = sae_train.TrainConfig(
+            architecture="batchtopk",
+            d_sae=d_sae,
+            k=st.k,
+            n_steps=st.steps,
+            lr=st.lr,
+            lr_warmup_steps=50,
+            lr_decay_fraction=st.lr_decay_fraction,
+            seed=seed,
+        )
+        configs.append({"n_sequences": st.n_sequences, **dataclasses.asdict(tcfg)})
+        ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"stage_{i}"
+        result = sae_train.train_sae(
+            source, tcfg, ckpt_dir=ckpt, checkpoint_every=250, progress=progress, init=init
+        )
+        init = stack_trained(result)
     seconds = time.perf_counter() - t0
     test_ids, test_mask = corpus_tokens(tok, "test", 600, seed + 1)
     acts = held_out_activations(params, cfg, test_ids, test_mask)
     out_dir = Path(out_dir)
     metrics = {
         "train_seconds": round(seconds, 1),
-        "train_config": dataclasses.asdict(tcfg),
+        "stages": configs,
+        "init_from": None if init_dir is None else str(init_dir),
         "held_out_tokens": int(acts.shape[1]),
         "layers": {},
     }
@@ -119,12 +157,23 @@ def train_organism_saes(
             for k_, v in sae_train.reconstruction_metrics(sae, jnp.asarray(acts[layer])).items()
         }
         metrics["layers"][layer] = m
-        folder = out_dir / f"layer_{layer}" / f"width_{d_sae}" / f"average_l0_{round(m['l0'])}"
-        save_gemmascope(sae, folder)
+        old = out_dir / f"layer_{layer}" / f"width_{d_sae}"
+        if old.exists():
+            shutil.rmtree(old)
+        save_gemmascope(sae, old / f"average_l0_{round(m['l0'])}")
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out_dir / "metrics.json")
     return metrics
+
+
+def stack_trained(result):
+    """A training result's SAEs stacked over layers, in the form they are saved in (b_dec folded
+    into b_enc, as ``save_gemmascope`` writes them): the next stage starts from exactly what a
+    load of the saved SAEs would give."""
+    from refusal_jax.sae import fold_b_dec_into_b_enc, fold_input_scale, stack_saes
+
+    return stack_saes([fold_b_dec_into_b_enc(fold_input_scale(s)) for s in result.saes])
 
 
 def main(argv=None) -> None:
@@ -135,26 +184,25 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ARTIFACTS / "saes"))
     p.add_argument("--ckpt-dir", default=None, help="orbax checkpoints (resume after a kill)")
     p.add_argument("--d-sae", type=int, default=1024)
-    p.add_argument("--k", type=int, default=32, help="BatchTopK k (mean L0 in training)")
-    p.add_argument("--steps", type=int, default=1200)
-    p.add_argument(
-        "--lr-decay-fraction", type=float, default=0.0, help="final share of steps with LR decay"
-    )
-    p.add_argument(
-        "--n-sequences", type=int, default=4000, help="training chat examples (at most the split)"
-    )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="SAE folder to fine-tune (then --stage-only 1 runs just the fine-tuning stage)",
+    )
+    p.add_argument(
+        "--stage-only", type=int, default=None, help="run only this stage of STAGES (0 or 1)"
+    )
     args = p.parse_args(argv)
+    stages = STAGES if args.stage_only is None else (STAGES[args.stage_only],)
     m = train_organism_saes(
         args.model_dir,
         args.out,
         d_sae=args.d_sae,
-        k=args.k,
-        steps=args.steps,
-        lr_decay_fraction=args.lr_decay_fraction,
-        n_sequences=args.n_sequences,
+        stages=stages,
         seed=args.seed,
         ckpt_dir=args.ckpt_dir,
+        init_dir=args.init_from,
     )
     for layer, v in m["layers"].items():
         print(f"layer {layer}: FVU {v['fvu']:.3f}  L0 {v['l0']:.1f}  dead {v['dead_fraction']:.2f}")
