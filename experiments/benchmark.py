@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from refusal_jax.benchmark import PROTOCOLS, BenchmarkConfig, run_benchmark
-from refusal_jax.judges import PROMPTS, ClassifierJudge
+from refusal_jax.judges import add_classifier_arguments, classifier_from_args
 from refusal_jax.pipeline import METHODS, PipelineConfig
 from refusal_jax.runs import (
     Cache,
@@ -105,9 +105,7 @@ def main(argv=None) -> dict:
         default=None,
         help="set-clamp values (default 10,15,20,25,30; organism 0.5,1,2,4,8)",
     )
-    p.add_argument("--classifier-dir", help="HF causal-LM classifier (HarmBench prompt)")
-    p.add_argument("--classifier-prompt", choices=sorted(PROMPTS), default="harmbench")
-    p.add_argument("--classifier-dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    add_classifier_arguments(p)
     p.add_argument("--text-file", help="plain text for the CE measurement, one text per line")
     args = p.parse_args(argv)
     subject = load_subject(args)
@@ -132,15 +130,7 @@ def main(argv=None) -> dict:
         induction_values=tuple(float(x) for x in (args.induction_values or default_ind).split(",")),
         n_induction=min(100, args.n_prompts),
     )
-    classifier = None
-    if args.classifier_dir:
-        import jax.numpy as jnp
-
-        classifier = ClassifierJudge.load(
-            args.classifier_dir,
-            dtype=getattr(jnp, args.classifier_dtype),
-            template=PROMPTS[args.classifier_prompt],
-        )
+    classifier = classifier_from_args(args)
     res = run_benchmark(
         subject.params, subject.cfg, subject.tokenizer, subject.saes, **d, bc=bc,
         cache=Cache(out / "cache"), classifier=classifier, progress=not args.quiet,

@@ -33,7 +33,7 @@ from refusal_jax.categories import (
     category_interventions,
     shared_features,
 )
-from refusal_jax.judges import PROMPTS, ClassifierJudge
+from refusal_jax.judges import add_classifier_arguments, classifier_from_args
 from refusal_jax.pipeline import PipelineConfig, shared_padding
 from refusal_jax.runs import (
     Cache,
@@ -120,9 +120,7 @@ def main(argv=None) -> dict:
         "paper's intersection)",
     )
     p.add_argument("--no-transfer", action="store_true", help="skip the transfer matrix")
-    p.add_argument("--classifier-dir", help="HF causal-LM classifier (HarmBench prompt)")
-    p.add_argument("--classifier-prompt", choices=sorted(PROMPTS), default="harmbench")
-    p.add_argument("--classifier-dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    add_classifier_arguments(p)
     args = p.parse_args(argv)
     subject = load_subject(args)
     params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
@@ -144,15 +142,7 @@ def main(argv=None) -> dict:
         params, cfg, tok, saes, fit, harmless, pc, cache, best_layer=args.best_layer,
         min_share=args.min_share, progress=not args.quiet,
     )  # fmt: skip
-    classifier = None
-    if args.classifier_dir:
-        import jax.numpy as jnp
-
-        classifier = ClassifierJudge.load(
-            args.classifier_dir,
-            dtype=getattr(jnp, args.classifier_dtype),
-            template=PROMPTS[args.classifier_prompt],
-        )
+    classifier = classifier_from_args(args)
     res = category_interventions(
         params, cfg, tok, saes, cf, test, clamp, pc, classifier=classifier, cache=cache,
         transfer=not args.no_transfer, progress=not args.quiet,

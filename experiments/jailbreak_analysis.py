@@ -81,12 +81,7 @@ def main(argv=None) -> dict:
     p.add_argument("--wildjailbreak", help="WildJailbreak train-style TSV (real models)")
     p.add_argument("--suffix-csv", help="refusal_sae advsuffixes.csv layout (real models)")
     p.add_argument("--gcg-results", help="results.json of experiments/gcg.py (organism suffix)")
-    p.add_argument(
-        "--refusal-features",
-        default="ours",
-        help="'ours' (F* of the training prompts) or a JSON file: categories.py's results.json "
-        "(common features) or [[layer, feature], ...]",
-    )
+    jb.add_refusal_features_argument(p)
     p.add_argument("--n-train", type=int, default=64, help="harmful and harmless prompts for F*")
     p.add_argument("--n-pairs", type=int, default=100, help="pairs per group (at most)")
     p.add_argument("--n-suffix-prompts", type=int, default=64)

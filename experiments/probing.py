@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from refusal_jax.benchmark import cached_prepare
-from refusal_jax.jailbreaks import refusal_features
+from refusal_jax.jailbreaks import add_refusal_features_argument, refusal_features
 from refusal_jax.pipeline import PipelineConfig, judge_responses
 from refusal_jax.probing import last_token_resid, probe_report
 from refusal_jax.prompts import decode_responses, encode_prompts, generate_tokens
@@ -76,12 +76,7 @@ def main(argv=None) -> dict:
     add_run_arguments(p)
     p.add_argument("--wildjailbreak", help="WildJailbreak TSV: adversarial_harmful prompts")
     p.add_argument("--jailbreak-file", help="JSON list of {'instruction'} jailbreak prompts")
-    p.add_argument(
-        "--refusal-features",
-        default="ours",
-        help="'ours' (F* of the training prompts) or a JSON file: categories.py's results.json "
-        "(common features) or [[layer, feature], ...]",
-    )
+    add_refusal_features_argument(p)
     p.add_argument("--n-train", type=int, default=128, help="harmful and harmless, each")
     p.add_argument("--n-test", type=int, default=100, help="per test group (at most)")
     p.add_argument("--n-random", type=int, default=5, help="random feature sets, averaged")

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from refusal_jax.patches import take_rows
+
 
 @struct.dataclass
 class FeatureSet:
@@ -42,6 +44,13 @@ class FeatureSet:
     def counts_per_layer(self) -> np.ndarray:
         return np.asarray(self.mask).sum(-1)
 
+    def rows(self, start: int, size: int) -> FeatureSet:
+        """Samples ``start .. start+size`` of a per-sample set (the last repeated past the end,
+        as batches pad prompts); a global set is returned unchanged."""
+        if not self.per_sample:
+            return self
+        return FeatureSet(take_rows(self.idx, start, size), take_rows(self.mask, start, size))
+
 
 def feature_set(pairs, n_layers: int, d_sae: int | None = None, width: int | None = None):
     """Build a global :class:`FeatureSet` from (layer, feature) pairs.
@@ -66,11 +75,14 @@ def feature_set(pairs, n_layers: int, d_sae: int | None = None, width: int | Non
     return FeatureSet(idx=jnp.asarray(idx), mask=jnp.asarray(mask))
 
 
-def per_sample_feature_set(pair_lists, n_layers: int, d_sae: int | None = None) -> FeatureSet:
-    """One feature set per sample, padded to a common width: idx/mask [B, L, K]."""
-    sets = [feature_set(p, n_layers, d_sae) for p in pair_lists]
-    k = max(s.idx.shape[-1] for s in sets)
-    sets = [feature_set(p, n_layers, d_sae, width=k) for p in pair_lists]
+def per_sample_feature_set(
+    pair_lists, n_layers: int, d_sae: int | None = None, width: int | None = None
+) -> FeatureSet:
+    """One feature set per sample, padded to a common width (default: the widest sample's):
+    idx/mask [B, L, K]."""
+    if width is None:
+        width = max(feature_set(p, n_layers, d_sae).idx.shape[-1] for p in pair_lists)
+    sets = [feature_set(p, n_layers, d_sae, width=width) for p in pair_lists]
     return FeatureSet(idx=jnp.stack([s.idx for s in sets]), mask=jnp.stack([s.mask for s in sets]))
 
 

@@ -22,7 +22,7 @@ from flax import struct
 
 from refusal_jax import sae as sae_lib
 from refusal_jax.features import FeatureSet
-from refusal_jax.patches import _agree, _count_if, _rows_if, take_rows
+from refusal_jax.patches import _agree, _count_if, _rows_if
 
 
 def unit(v: jax.Array, axis: int = -1) -> jax.Array:
@@ -132,11 +132,8 @@ class ClampFeatures:
 
     # Batch-axis fields: per-sample features [B, L, K], values [L, B, T, K], min_position [B].
     def rows(self, start, size):
-        fs = self.features
-        if fs.per_sample:
-            fs = FeatureSet(take_rows(fs.idx, start, size), take_rows(fs.mask, start, size))
         return self.replace(
-            features=fs,
+            features=self.features.rows(start, size),
             value=_rows_if(self.value, 4, start, size, axis=1),
             min_position=_rows_if(self.min_position, 1, start, size),
         )

@@ -37,7 +37,7 @@ from refusal_jax.direction import batches
 from refusal_jax.features import FeatureSet, feature_set, per_sample_feature_set
 from refusal_jax.interventions import clamp_features, feature_values
 from refusal_jax.model import forward_fn
-from refusal_jax.patches import Identity, check_patch_rows, patch_rows, take_rows
+from refusal_jax.patches import Identity, check_patch_rows, patch_rows
 
 LAST_K = 5  # refusal features are read over the last 5 prompt tokens (the reference's choice)
 
@@ -51,12 +51,6 @@ def _activations(params, cfg, saes, features, ids, mask, patch):
     vals = vals * fmask.transpose(1, 0, 2)[:, :, None, :]
     vals = vals * mask.astype(vals.dtype)[None, :, :, None]
     return vals.transpose(1, 2, 0, 3)  # [B, T, L, K]
-
-
-def _set_rows(fs: FeatureSet, start: int, size: int) -> FeatureSet:
-    if not fs.per_sample:
-        return fs
-    return FeatureSet(take_rows(fs.idx, start, size), take_rows(fs.mask, start, size))
 
 
 def feature_activations(
@@ -74,7 +68,7 @@ def feature_activations(
     out = []
     for i, (b_ids, b_mask, n) in enumerate(batches(ids, mask, batch_size)):
         start = i * batch_size
-        fs = _set_rows(features, start, batch_size)
+        fs = features.rows(start, batch_size)
         p = patch_rows(patch, start, batch_size)
         out.append(np.asarray(_activations(params, cfg, saes, fs, b_ids, b_mask, p))[:n])
     return np.concatenate(out)
@@ -141,12 +135,20 @@ def split_features(per_prompt: FeatureSet, refusal: FeatureSet, min_layer_refusa
         harm.append(h)
         ref.append(f)
     # both as wide as the input, so every set of this analysis has one shape (one compilation)
-    return _per_sample(harm, n_layers, width), _per_sample(ref, n_layers, width)
+    return (
+        per_sample_feature_set(harm, n_layers, width=width),
+        per_sample_feature_set(ref, n_layers, width=width),
+    )
 
 
-def _per_sample(pair_lists, n_layers: int, width: int) -> FeatureSet:
-    sets = [feature_set(p, n_layers, width=width) for p in pair_lists]
-    return FeatureSet(idx=jnp.stack([s.idx for s in sets]), mask=jnp.stack([s.mask for s in sets]))
+def add_refusal_features_argument(p) -> None:
+    """``--refusal-features`` of the experiment scripts (see :func:`refusal_features`)."""
+    p.add_argument(
+        "--refusal-features",
+        default="ours",
+        help="'ours' (F* of the training prompts) or a JSON file: categories.py's results.json "
+        "(common features) or [[layer, feature], ...]",
+    )
 
 
 def refusal_features(spec: str, sets: dict, n_layers: int, d_sae: int) -> FeatureSet:
@@ -252,7 +254,7 @@ def token_attributions(
             params, cfg, b_ids, b_mask, direction, refusal_token=refusal_token,
             n_steps=pc.n_steps, error_mode=pc.error_mode,
         )  # fmt: skip
-        a = subset_attributions(res, saes, _set_rows(features, i * bs, bs))  # [L, B, T, K]
+        a = subset_attributions(res, saes, features.rows(i * bs, bs))  # [L, B, T, K]
         out.append(np.asarray(a.sum(axis=(0, 3)))[:n] * np.asarray(b_mask)[:n])
     return np.concatenate(out)
 
@@ -344,7 +346,7 @@ def suffix_word_effects(
         )
         fs = refusal
         if refusal.per_sample:  # request i's set, once per prefix
-            one = _set_rows(refusal, i, 1)
+            one = refusal.rows(i, 1)
             fs = FeatureSet(jnp.repeat(one.idx, len(texts), 0), jnp.repeat(one.mask, len(texts), 0))
         r = last_tokens_mean(
             feature_activations(params, cfg, saes, fs, ids, mask, batch_size=batch_size), last_k

@@ -179,6 +179,25 @@ class ClassifierJudge:
         return self.scores(behaviors, generations) > 0
 
 
+def add_classifier_arguments(p) -> None:
+    """The classifier-judge flags of the experiment scripts (``--classifier-dir`` and its prompt
+    and dtype); :func:`classifier_from_args` builds the judge from them."""
+    p.add_argument("--classifier-dir", help="HF causal-LM classifier (HarmBench prompt)")
+    p.add_argument("--classifier-prompt", choices=sorted(PROMPTS), default="harmbench")
+    p.add_argument("--classifier-dtype", choices=("float32", "bfloat16"), default="bfloat16")
+
+
+def classifier_from_args(args) -> ClassifierJudge | None:
+    """The :class:`ClassifierJudge` of ``--classifier-dir`` (None without one)."""
+    if not args.classifier_dir:
+        return None
+    return ClassifierJudge.load(
+        args.classifier_dir,
+        dtype=getattr(jnp, args.classifier_dtype),
+        template=PROMPTS[args.classifier_prompt],
+    )
+
+
 def jailbreak_scores(behaviors, texts, compliance_prefixes=None, classifier=None) -> dict:
     """Scores of one set of responses: ``refusal_rate`` (substring judge), ``jailbreak_rate`` (no
     refusal and, when ``compliance_prefixes`` are given, a compliant opening) and, with a
