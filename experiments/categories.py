@@ -11,7 +11,9 @@ scored on (50 per category); --protocol heldout: fitted on one part, scored on a
 organism the categories are its 8 harm categories (paper: its held-out test prompts for both;
 heldout: train prompts for the features, test prompts for the scores); on a real model the
 categories of a CategoricalHarmfulQA file (by default the paper's 7 of its 11), the first
---n-prompts of each (heldout: the first and second half).
+--n-prompts of each (heldout: the first and second half). --min-all-rate R analyses only the
+categories whose own F* clamp scores at least R (the reference code keeps the categories where
+its intervention works).
 
 Writes ``results.json`` (schema in experiments/README.md), ``scores.png``, ``normalized.png`` and
 ``transfer.png``; ``--resume RUN`` reuses the cached feature sets and responses.
@@ -29,8 +31,10 @@ import numpy as np
 
 from refusal_jax.categories import (
     PAPER_CATEGORIES,
+    active_categories,
     cached_category_features,
     category_interventions,
+    restrict,
     shared_features,
 )
 from refusal_jax.judges import add_classifier_arguments, classifier_from_args
@@ -119,6 +123,14 @@ def main(argv=None) -> dict:
         help="common = features in at least this share of the categories' F* (1: in all, the "
         "paper's intersection)",
     )
+    p.add_argument(
+        "--min-all-rate",
+        type=float,
+        default=0.0,
+        help="analyse only the categories whose own F* clamp ('all') scores at least this (the "
+        "reference code keeps the categories where its intervention works, 'only these have "
+        "perf drop'; 0, the default: every category)",
+    )
     p.add_argument("--no-transfer", action="store_true", help="skip the transfer matrix")
     add_classifier_arguments(p)
     args = p.parse_args(argv)
@@ -143,20 +155,38 @@ def main(argv=None) -> dict:
         min_share=args.min_share, progress=not args.quiet,
     )  # fmt: skip
     classifier = classifier_from_args(args)
+    active, all_rates = active_categories(
+        params, cfg, tok, saes, cf, test, clamp, pc, args.min_all_rate, classifier=classifier,
+        cache=cache, progress=not args.quiet,
+    )  # fmt: skip
+    if len(active) < 2:
+        raise SystemExit(
+            f"only {active} of the categories reach --min-all-rate {args.min_all_rate} when their "
+            f"F* is clamped ({all_rates}); common features need at least two"
+        )
     res = category_interventions(
-        params, cfg, tok, saes, cf, test, clamp, pc, classifier=classifier, cache=cache,
-        transfer=not args.no_transfer, progress=not args.quiet,
-        small_set_clamp=args.small_set_clamp,
+        params, cfg, tok, saes, restrict(cf, active), {c: test[c] for c in active}, clamp, pc,
+        classifier=classifier, cache=cache, transfer=not args.no_transfer,
+        progress=not args.quiet, small_set_clamp=args.small_set_clamp,
     )  # fmt: skip
     res.update(
         protocol=args.protocol,
         n_prompts={c: len(v) for c, v in test.items()},
-        n_common_strict=len(shared_features(cf.sets, 1.0).pairs()),
+        min_all_rate=args.min_all_rate,
+        all_rates=all_rates,
+        excluded_categories=[c for c in cf.sets if c not in active],
+        n_common_strict=len(shared_features(restrict(cf, active).sets, 1.0).pairs()),
+        n_common_strict_every_category=len(shared_features(cf.sets, 1.0).pairs()),
         subject=subject.describe(),
     )
     write_json_atomic(out / "results.json", res)
     _plot(res, out)
     s = res["summary"][res["score_key"]]
+    if res["excluded_categories"]:
+        print(
+            f"excluded (F* clamp below {args.min_all_rate}): "
+            + ", ".join(f"{c} {all_rates[c]:.2f}" for c in res["excluded_categories"])
+        )
     print(
         f"common features: {res['n_common']}; mean {res['score_key']}: "
         + ", ".join(f"{k} {v:.2f}" for k, v in s.items() if v is not None)

@@ -97,6 +97,44 @@ def split_common(best_layer, sets: dict, attributions: dict, min_share=1.0) -> C
     return CategoryFeatures(best_layer, sets, attributions, common, specific, min_share)
 
 
+def restrict(cf: CategoryFeatures, categories) -> CategoryFeatures:
+    """The same per-category sets on a subset of the categories, with common and specific
+    features recomputed over that subset."""
+    cats = list(categories)
+    unknown = [c for c in cats if c not in cf.sets]
+    if unknown:
+        raise KeyError(f"categories {unknown} not in {list(cf.sets)}")
+    return split_common(
+        cf.best_layer,
+        {c: cf.sets[c] for c in cats},
+        {c: cf.attributions[c] for c in cats},
+        cf.min_share,
+    )
+
+
+def active_categories(
+    params, cfg, tokenizer, saes, cf: CategoryFeatures, prompts_by_category: dict,
+    clamp_value: float, pc: PipelineConfig, min_rate: float, *, classifier=None,
+    cache: Cache | None = None, progress: bool = False,
+) -> tuple[list[str], dict]:  # fmt: skip
+    """The categories whose own F*_c clamp (``all``) reaches a score of at least ``min_rate``,
+    and every category's ``all`` score.
+
+    The reference code analyses only the CategoricalHarmfulQA categories where its intervention
+    works ("only these have perf drop": 7 of 11, chosen by hand); this is that choice as a rule.
+    The ``all`` runs are the ones :func:`category_interventions` makes (same cache entries)."""
+    if not 0 <= min_rate <= 1:
+        raise ValueError(f"min_rate {min_rate} must be in [0, 1]")
+    n_layers = cf.common.n_layers
+    only_all = dataclasses.replace(cf, common=feature_set([], n_layers), specific=dict(cf.sets))
+    res = category_interventions(
+        params, cfg, tokenizer, saes, only_all, prompts_by_category, clamp_value, pc,
+        classifier=classifier, cache=cache, transfer=False, progress=progress,
+    )  # fmt: skip
+    rates = {c: res["scores"][c]["all"][res["score_key"]] for c in cf.sets}
+    return [c for c in cf.sets if rates[c] >= min_rate], rates
+
+
 def category_layer(params, cfg, tokenizer, harmful_by_category, harmless, pc) -> int:
     """The best layer of the direction of every category's prompts together (see
     :func:`refusal_jax.pipeline.directions_and_layer`)."""
@@ -202,7 +240,9 @@ def category_interventions(
     spec = {c: cf.specific_top(c, k) for c in cats}
     rt = refusal_token(tokenizer)
     score_key = "jailbreak_rate" if classifier is None else "classifier_harmful_rate"
-    setting = (dataclasses.asdict(pc), clamp_value, small, cf.best_layer, cf.min_share)
+    # responses depend on the prompts, the edited features and the factor applied to them
+    setting = dataclasses.asdict(pc)
+    factor = lambda name: {"base": None, "all": clamp_value}.get(name, small)
 
     def judge(prompts, texts):
         if classifier is None:
@@ -243,7 +283,7 @@ def category_interventions(
         row = {}
         for name, patch in patches.items():
             edited = _edited(cf, spec, cat, name)
-            key = content_key("category-responses", name, edited, prompts, setting)
+            key = content_key("category-responses", name, edited, factor(name), prompts, setting)
             compute = lambda p=patch, q=prompts, i=ids, m=mask: run(p, q, i, m)
             got = cache.json("category-responses", key, compute)
             row[name] = judge(prompts, got["responses"])
@@ -313,10 +353,12 @@ __all__ = [
     "INTERVENTIONS",
     "PAPER_CATEGORIES",
     "CategoryFeatures",
+    "active_categories",
     "cached_category_features",
     "category_features",
     "category_interventions",
     "category_layer",
+    "restrict",
     "shared_features",
     "split_common",
 ]

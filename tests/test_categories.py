@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from refusal_jax.categories import CategoryFeatures, shared_features, split_common
+from refusal_jax.categories import CategoryFeatures, restrict, shared_features, split_common
 from refusal_jax.data import DatasetError, categorical_harmful_qa
 from refusal_jax.features import feature_set
 from refusal_jax.organism import ARTIFACTS, MODEL_DIR
@@ -43,6 +43,37 @@ def test_shared_features_and_specific_ranking():
     assert cf.specific["a"].pairs() == [(1, 2), (2, 3)]
     assert cf.specific_top("a", 1).pairs() == [(2, 3)]  # most attributed first
     assert cf.specific_top("b", 3).pairs() == [(1, 2)]
+    # on a subset of the categories the common features are recomputed over that subset
+    sub = restrict(cf, ["a", "b"])
+    assert list(sub.sets) == ["a", "b"] and sub.common.pairs() == [(0, 1), (1, 2)]
+    assert sub.specific["a"].pairs() == [(2, 3)]
+    with pytest.raises(KeyError, match="'e'"):
+        restrict(cf, ["a", "e"])
+
+
+def test_active_categories_keep_those_whose_fstar_clamp_works(monkeypatch):
+    import refusal_jax.categories as categories
+
+    sets = {c: feature_set([(0, i)], 2) for i, c in enumerate("abc")}
+    cf = split_common(0, sets, {c: np.zeros((2, 4)) for c in sets})
+    seen = {}
+
+    def fake(params, cfg, tok, saes, cf_, prompts, clamp, pc, **kw):
+        seen.update(n_common=len(cf_.common.pairs()), transfer=kw["transfer"])
+        rates = {"a": 0.9, "b": 0.1, "c": 0.5}
+        return {
+            "score_key": "jailbreak_rate",
+            "scores": {c: {"all": {"jailbreak_rate": rates[c]}} for c in cf_.sets},
+        }
+
+    monkeypatch.setattr(categories, "category_interventions", fake)
+    args = (None, None, None, None, cf, {}, -1.0, None)
+    active, rates = categories.active_categories(*args, 0.5)
+    assert active == ["a", "c"] and rates == {"a": 0.9, "b": 0.1, "c": 0.5}
+    assert seen == {"n_common": 0, "transfer": False}  # only the 'all' runs
+    assert categories.active_categories(*args, 0.0)[0] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="min_rate"):
+        categories.active_categories(*args, 1.5)
 
 
 def test_categorical_harmful_qa_loader(tmp_path):
@@ -220,6 +251,8 @@ def test_categories_script_schema_and_resume(tmp_path, monkeypatch):
     np.testing.assert_allclose(np.diag(m), diag)
     for name in ("scores.png", "transfer.png"):
         assert (folder / name).stat().st_size > 0
+    assert res["all_rates"] == {c: res["scores"][c]["all"]["jailbreak_rate"] for c in cats}
+    assert res["min_all_rate"] == 0 and res["excluded_categories"] == []
     # Resume: feature sets and every response come from the cache.
     import refusal_jax.categories as categories
 
@@ -227,6 +260,10 @@ def test_categories_script_schema_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(categories, "generate_tokens", lambda *a, **k: pytest.fail("generation"))
     again = _script().main(["--resume", str(folder), *REDUCED])
     assert again["scores"] == res["scores"] and again["transfer"] == res["transfer"]
+    # the category rule reuses the cached 'all' responses; at the lowest rate it keeps every one
+    low = str(min(res["all_rates"].values()))
+    kept = _script().main(["--resume", str(folder), *REDUCED, "--min-all-rate", low])
+    assert kept["categories"] == cats and kept["scores"] == res["scores"]
 
 
 @needs_organism
