@@ -93,7 +93,7 @@ def add_demo_arguments(p) -> None:
         "--clamp-value",
         type=float,
         default=None,
-        help="multiply clamp factor (default: -3, the paper's Gemma value; -1 on the organism, "
+        help="multiply clamp factor (default: -3, the paper's Gemma value; -0.5 on the organism, "
         "chosen on its validation split by experiments/calibrate.py)",
     )
     p.add_argument("--max-new-tokens", type=int, default=24)

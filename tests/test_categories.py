@@ -269,12 +269,13 @@ def test_categories_script_schema_and_resume(tmp_path, monkeypatch):
 @needs_organism
 @pytest.mark.slow
 def test_shared_features_carry_the_jailbreak_on_the_organism(tmp_path):
-    """The full paper-protocol run on all 8 categories (no transfer matrix): the features shared
-    by 7 of the 8 categories' F* jailbreak more than as many category-specific ones (README:
-    4 features, 0.55 vs 0.23). The paper's strict intersection is empty on the organism at its
-    chosen layer (README), so this uses the documented 7-of-8 share."""
-    argv = ["--out", str(tmp_path), "--min-share", "0.875", "--no-transfer", "--quiet"]
+    """The full paper-protocol run on all 8 categories (no transfer matrix) at the layer the
+    pipeline chooses: the paper's common features (in every category's F*) are non-empty and
+    clamping them jailbreaks more than as many category-specific ones (README: 5 features,
+    0.77 vs 0.42)."""
+    argv = ["--out", str(tmp_path), "--no-transfer", "--quiet"]
     res = _script().main(argv)
     s = res["summary"]["jailbreak_rate"]
-    assert res["best_layer"] == 0 and res["n_common"] >= 3
+    assert res["best_layer"] == 0 and res["min_share"] == 1.0 and res["n_common"] >= 3
+    assert res["n_common_strict_every_category"] == res["n_common"]
     assert s["common"] >= s["specific"] + 0.2, s

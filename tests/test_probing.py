@@ -107,8 +107,8 @@ def test_probing_script_on_the_organism(tmp_path):
 @pytest.mark.slow
 def test_probing_finding_on_the_organism(tmp_path):
     """The full default run (about 25 s): the refusal-feature probe follows the model onto
-    successful jailbreaks (README: 0.79), the dense probe at the best validation layer does not
-    (0.08) - the paper's OOD probing result, reproduced on the organism."""
+    successful jailbreaks (README: 0.99), the dense probe at the best validation layer does not
+    (0.00) - the paper's OOD probing result, reproduced on the organism."""
     spec = importlib.util.spec_from_file_location("exp_probing_full", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -2,7 +2,7 @@
 
 ``load_organism()`` returns ``(cfg, params, tokenizer)`` from the committed Hugging Face folder
 ``artifacts/model`` (also loadable with ``transformers.AutoModelForCausalLM`` / ``AutoTokenizer``).
-``python -m refusal_jax.organism.train --out DIR --seed 0`` retrains it from scratch.
+``python -m refusal_jax.organism.train --out DIR`` retrains it from scratch.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def load_organism(folder=None, dtype=None):
     if not (folder / "config.json").exists():
         raise FileNotFoundError(
             f"no organism at {folder}; train one with "
-            "`python -m refusal_jax.organism.train --out DIR --seed 0`"
+            "`python -m refusal_jax.organism.train --out DIR`"
         )
     cfg, params = load_hf(folder, dtype=dtype or jnp.float32)
     return cfg, params, load_tokenizer(folder)

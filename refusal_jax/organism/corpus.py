@@ -9,9 +9,11 @@ content-free "Sure, here is ..." and otherwise a refusal.
 
 Splits are disjoint by construction: a held-out set of request templates, topics and wrapper
 templates is drawn per split, and an example lands in ``test`` if any of its parts is held out for
-test, else in ``val`` if any part is held out for val, else in ``train``. Plain pretraining-style
-text (short stories, how-to prose, and "world knowledge" sentences about every topic, held-out ones
-included) trains a plain language-modelling loss.
+test, else in ``val`` if any part is held out for val, else in ``train``. Held-out harmful topics
+and held-out wrapper templates are new combinations of parts seen in training (a verb with an
+object; a wrapper frame with a persona, genre, setting, pressure, role or command). Plain
+pretraining-style text (short stories, how-to prose, and "world knowledge" sentences about every
+topic, held-out ones included) trains a plain language-modelling loss.
 
     corpus = build_corpus(seed=0)
     corpus.prompts("test", harmful=True, wrapped=False)
@@ -161,9 +163,13 @@ def _draw_heldout(rng: random.Random) -> dict[str, dict[str, list[str]]]:
             rng.shuffle(ids)
             held["test"]["topics"] += sorted(ids[:3])
             held["val"]["topics"] += sorted(ids[3:5])
-    for fam, items in vocab.WRAPPERS.items():
-        ids = [f"{fam}{i}" for i in range(len(items))]
-        rng.shuffle(ids)
+    for fam, (frames, parts) in vocab.WRAPPER_PARTS.items():
+        # Three combinations with distinct frames and distinct parts: every frame and every part
+        # keeps len - 1 >= 2 combinations in training.
+        f_order, p_order = list(range(len(frames))), list(range(len(parts)))
+        rng.shuffle(f_order)
+        rng.shuffle(p_order)
+        ids = [f"{fam}{f * len(parts) + q}" for f, q in zip(f_order[:3], p_order[:3])]
         held["test"]["wrapper_templates"] += sorted(ids[:2])
         held["val"]["wrapper_templates"] += sorted(ids[2:3])
     return held
@@ -282,7 +288,7 @@ def _plain_text(rng: random.Random, n: int) -> tuple[str, ...]:
 def build_corpus(
     seed: int = 0,
     *,
-    wrapped_per_topic: int = 36,
+    wrapped_per_topic: int = 33,
     harmless_wrapped_per_topic: int = 3,
     n_plain_train: int = 2000,
     n_plain_test: int = 200,

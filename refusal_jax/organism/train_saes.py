@@ -9,15 +9,14 @@ inference form is JumpReLU with a learned threshold, so sparse clamping is exact
 GemmaScope layout ``layer_{l}/width_{w}/average_l0_{n}/params.npz`` with a ``metrics.json`` of
 FVU / L0 / dead fraction on held-out (test split) activations.
 
-Two stages (:data:`STAGES`, about 11 minutes on 2 CPU cores): 1200 steps from a random start
-(k = 32, LR 1e-3: held-out FVU 0.097-0.106 at L0 ~32), then 1200 steps of fine-tuning from
-those SAEs (:func:`refusal_jax.sae_train.warm_start`) on all 5516 training examples (the first
-stage: 4000) with k = 30 and an LR of 3e-4 decaying to 0 (held-out FVU 0.083-0.093 at L0
-30.6-31.2). Fine-tuning keeps the features' identities; SAEs trained as long from a random
-start reach a similar FVU (2400 steps, FVU 0.080-0.089) but split the organism's refusal
-differently: clamping their selected features removes the refusal without producing compliance
-(demo: ours 0.22 jailbreak), while on the fine-tuned SAEs the method works as on the first
-stage's (demo: ours 1.00).
+Two stages (:data:`STAGES`, about 10 minutes on 2 CPU cores): 1200 steps from a random start
+(k = 32, LR 1e-3), then 1200 steps of fine-tuning from those SAEs
+(:func:`refusal_jax.sae_train.warm_start`) on all 5531 training examples (the first stage: 4000)
+with k = 30 and an LR of 3e-4 decaying to 0 (held-out FVU 0.080-0.090 at L0 30.9-31.3).
+Fine-tuning keeps the features' identities. On the previous organism, SAEs trained as long from
+a random start reached a similar FVU (2400 steps, FVU 0.080-0.089) but split its refusal
+differently: clamping their selected features removed the refusal without producing compliance
+(demo: ours 0.22), while on the fine-tuned SAEs the method worked (ours 1.00).
 """
 
 from __future__ import annotations
