@@ -43,9 +43,9 @@ from refusal_jax.runs import (
 
 
 def _organism_data(args):
-    from refusal_jax.organism.corpus import build_corpus
+    from refusal_jax.organism import organism_corpus
 
-    corpus, rng = build_corpus(seed=0), random.Random(args.seed)
+    corpus, rng = organism_corpus(), random.Random(args.seed)
     pick = lambda xs, n: rng.sample(xs, min(n, len(xs)))
     return dict(
         harmful_train=pick(corpus.prompts("train", harmful=True, wrapped=False), args.n_train),

@@ -47,9 +47,9 @@ from refusal_jax.selection import candidate_features, select_features
 
 def _prompts(subject, args):
     if subject.organism:
-        from refusal_jax.organism.corpus import build_corpus
+        from refusal_jax.organism import organism_corpus
 
-        corpus, rng = build_corpus(seed=0), random.Random(args.seed)
+        corpus, rng = organism_corpus(), random.Random(args.seed)
 
         def pick(split, harmful, n):
             xs = corpus.prompts(split, harmful=harmful, wrapped=False)

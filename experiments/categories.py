@@ -54,9 +54,10 @@ def _data(subject, args):
     rng = random.Random(args.seed)
     n = args.n_prompts
     if subject.organism:
-        from refusal_jax.organism.corpus import HARM_CATEGORIES, build_corpus
+        from refusal_jax.organism import organism_corpus
+        from refusal_jax.organism.corpus import HARM_CATEGORIES
 
-        corpus = build_corpus(seed=0)
+        corpus = organism_corpus()
         pick = lambda xs, k: rng.sample(xs, min(k, len(xs)))
         cats = args.categories.split(",") if args.categories else list(HARM_CATEGORIES)
         unknown = sorted(set(cats) - set(HARM_CATEGORIES))
@@ -164,8 +165,9 @@ def main(argv=None) -> dict:
             f"only {active} of the categories reach --min-all-rate {args.min_all_rate} when their "
             f"F* is clamped ({all_rates}); common features need at least two"
         )
+    analysed = restrict(cf, active)
     res = category_interventions(
-        params, cfg, tok, saes, restrict(cf, active), {c: test[c] for c in active}, clamp, pc,
+        params, cfg, tok, saes, analysed, {c: test[c] for c in active}, clamp, pc,
         classifier=classifier, cache=cache, transfer=not args.no_transfer,
         progress=not args.quiet, small_set_clamp=args.small_set_clamp,
     )  # fmt: skip
@@ -175,7 +177,7 @@ def main(argv=None) -> dict:
         min_all_rate=args.min_all_rate,
         all_rates=all_rates,
         excluded_categories=[c for c in cf.sets if c not in active],
-        n_common_strict=len(shared_features(restrict(cf, active).sets, 1.0).pairs()),
+        n_common_strict=len(shared_features(analysed.sets, 1.0).pairs()),
         n_common_strict_every_category=len(shared_features(cf.sets, 1.0).pairs()),
         subject=subject.describe(),
     )

@@ -67,9 +67,9 @@ def main(argv=None) -> dict:
     cache = Cache(out / "cache")
     rng = random.Random(args.seed)
     if subject.organism:
-        from refusal_jax.organism.corpus import build_corpus
+        from refusal_jax.organism import organism_corpus
 
-        c = build_corpus(seed=0)
+        c = organism_corpus()
         train = rng.sample(c.prompts("train", harmful=True, wrapped=False), args.n_train)
         test = rng.sample(c.prompts("test", harmful=True, wrapped=False), args.n_test)
     else:

@@ -48,9 +48,9 @@ from refusal_jax.runs import (
 
 
 def _organism_data(args):
-    from refusal_jax.organism.corpus import build_corpus
+    from refusal_jax.organism import organism_corpus
 
-    c = build_corpus(seed=0)
+    c = organism_corpus()
     rng = random.Random(args.seed)
     pick = lambda xs, n: rng.sample(xs, min(n, len(xs)))
     train_h = pick(c.prompts("train", harmful=True, wrapped=False), args.n_train)

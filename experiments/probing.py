@@ -45,9 +45,9 @@ def _data(subject, args):
     rng = random.Random(args.seed)
     pick = lambda xs, n: rng.sample(xs, min(n, len(xs)))
     if subject.organism:
-        from refusal_jax.organism.corpus import build_corpus
+        from refusal_jax.organism import organism_corpus
 
-        c = build_corpus(seed=0)
+        c = organism_corpus()
         return (
             pick(c.prompts("train", harmful=True, wrapped=False), args.n_train),
             pick(c.prompts("train", harmful=False, wrapped=False), args.n_train),

@@ -19,9 +19,9 @@ def organism_prompts(seed: int, n_train: int, n_test: int) -> PromptData:
     """Plain (unwrapped) requests from the organism's corpus: train and held-out test."""
     import random
 
-    from refusal_jax.organism.corpus import build_corpus
+    from refusal_jax.organism import organism_corpus
 
-    corpus = build_corpus(seed=0)  # the corpus the committed organism was trained on
+    corpus = organism_corpus()
     rng = random.Random(seed)
 
     def pick(split, harmful, n):

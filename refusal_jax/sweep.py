@@ -493,14 +493,14 @@ def _load(args, mesh, dtype):
 
 def _prompts(args, organism: bool, split: str, n: int | None) -> list[str]:
     if organism:
-        from refusal_jax.organism.corpus import build_corpus
+        from refusal_jax.organism import organism_corpus
 
         kind, _, part = split.partition("_")
         if kind not in ("harmful", "harmless") or part not in ("train", "val", "test"):
             raise SystemExit(
                 f"--split {split!r}: on the organism use harmful_ or harmless_ + train, val or test"
             )
-        corpus = build_corpus(seed=0)
+        corpus = organism_corpus()
         return corpus.prompts(part, harmful=kind == "harmful", wrapped=False)[:n]
     from refusal_jax import data
 

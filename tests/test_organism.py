@@ -130,6 +130,14 @@ def test_labels_and_responses(corpus):
     assert not any(is_refusal(t) for t in corpus.plain_train)
 
 
+def test_organism_corpus_follows_the_model_record(tmp_path):
+    from refusal_jax.organism import organism_corpus
+
+    assert organism_corpus(tmp_path).train == build_corpus(0).train  # no record: seed 0
+    (tmp_path / "organism.json").write_text(json.dumps({"train_config": {"corpus_seed": 1}}))
+    assert organism_corpus(tmp_path).train == build_corpus(1).train
+
+
 def test_refusal_direction_layout(corpus, tmp_path):
     write_refusal_direction_layout(corpus, tmp_path)
     rows = json.loads((tmp_path / "splits" / "harmful_test.json").read_text())

@@ -2,7 +2,8 @@
 
 ``load_organism()`` returns ``(cfg, params, tokenizer)`` from the committed Hugging Face folder
 ``artifacts/model`` (also loadable with ``transformers.AutoModelForCausalLM`` / ``AutoTokenizer``).
-``python -m refusal_jax.organism.train --out DIR`` retrains it from scratch.
+``organism_corpus()`` is the synthetic corpus it was trained on (its splits are the held-out
+evaluation sets). ``python -m refusal_jax.organism.train --out DIR`` retrains it from scratch.
 """
 
 from __future__ import annotations
@@ -30,4 +31,18 @@ def load_organism(folder=None, dtype=None):
     return cfg, params, load_tokenizer(folder)
 
 
-__all__ = ["ARTIFACTS", "MODEL_DIR", "load_organism"]
+def organism_corpus(folder=None):
+    """The corpus the organism in ``folder`` (default: the committed one) was trained on: its
+    ``organism.json`` records the corpus seed (a folder without a record: seed 0)."""
+    import json
+
+    from refusal_jax.organism.corpus import build_corpus
+
+    record = Path(folder if folder is not None else MODEL_DIR) / "organism.json"
+    seed = 0
+    if record.exists():
+        seed = json.loads(record.read_text()).get("train_config", {}).get("corpus_seed", 0)
+    return build_corpus(seed)
+
+
+__all__ = ["ARTIFACTS", "MODEL_DIR", "load_organism", "organism_corpus"]

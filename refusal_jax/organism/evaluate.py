@@ -197,21 +197,22 @@ def main(argv=None) -> None:
     import json
     from pathlib import Path
 
-    from refusal_jax.organism import MODEL_DIR, load_organism
+    from refusal_jax.organism import MODEL_DIR, load_organism, organism_corpus
     from refusal_jax.organism.corpus import build_corpus
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--model", default=str(MODEL_DIR))
-    p.add_argument("--seed", type=int, default=0, help="corpus seed the model was trained with")
+    p.add_argument(
+        "--seed", type=int, default=None, help="corpus seed (default: the model's, organism.json)"
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None, help="prompts per group")
     p.add_argument("--record", action="store_true", help="write the rates into organism.json")
     args = p.parse_args(argv)
     cfg, params, tok = load_organism(args.model)
-    rates = evaluate_behaviour(
-        cfg, params, tok, build_corpus(args.seed), split=args.split, limit=args.limit
-    )
-    direction = directional_check(cfg, params, tok, build_corpus(args.seed), split=args.split)
+    corpus = organism_corpus(args.model) if args.seed is None else build_corpus(args.seed)
+    rates = evaluate_behaviour(cfg, params, tok, corpus, split=args.split, limit=args.limit)
+    direction = directional_check(cfg, params, tok, corpus, split=args.split)
     print(json.dumps({**rates, "direction": direction}, indent=2))
     if args.record:
         path = Path(args.model) / "organism.json"

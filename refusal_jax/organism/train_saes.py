@@ -37,10 +37,10 @@ from refusal_jax.prompts import chat_texts, encode_prompts
 
 def corpus_tokens(tokenizer, split: str, n: int, seed: int = 0, corpus=None):
     """Left-padded token arrays of ``n`` chat examples (prompt + target response) and plain
-    texts of a corpus split."""
-    from refusal_jax.organism.corpus import build_corpus
+    texts of a corpus split (default corpus: the committed organism's)."""
+    from refusal_jax.organism import organism_corpus
 
-    corpus = corpus or build_corpus(seed=0)
+    corpus = corpus or organism_corpus()
     rng = random.Random(seed)
     exs = list(corpus.split(split))
     exs = rng.sample(exs, min(n, len(exs)))
@@ -108,17 +108,18 @@ def train_organism_saes(
 
     from ports.sae import save_gemmascope
     from refusal_jax import sae_train
-    from refusal_jax.organism import load_organism
+    from refusal_jax.organism import load_organism, organism_corpus
     from refusal_jax.runs import load_saes
 
     if not stages:
         raise ValueError("no training stages")
     cfg, params, tok = load_organism(model_dir)
+    corpus = organism_corpus(model_dir)
     init = None if init_dir is None else load_saes(init_dir, cfg.n_layers, str(d_sae))
     t0 = time.perf_counter()
     configs = []
     for i, st in enumerate(stages):
-        ids, mask = corpus_tokens(tok, "train", st.n_sequences, seed)
+        ids, mask = corpus_tokens(tok, "train", st.n_sequences, seed, corpus)
         source = sae_train.ModelSource(
             params, cfg, (ids, mask), range(cfg.n_layers), batch_tokens, seqs_per_step=32,
             seed=seed,
@@ -140,7 +141,7 @@ def train_organism_saes(
         )
         init = stack_trained(result)
     seconds = time.perf_counter() - t0
-    test_ids, test_mask = corpus_tokens(tok, "test", 600, seed + 1)
+    test_ids, test_mask = corpus_tokens(tok, "test", 600, seed + 1, corpus)
     acts = held_out_activations(params, cfg, test_ids, test_mask)
     out_dir = Path(out_dir)
     metrics = {
