@@ -23,50 +23,43 @@ Writes ``results.json`` (schema in experiments/README.md), ``jailbreak.png`` and
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from refusal_jax.benchmark import PROTOCOLS, BenchmarkConfig, run_benchmark
-from refusal_jax.judges import add_classifier_arguments, classifier_from_args
-from refusal_jax.pipeline import METHODS, PipelineConfig
-from refusal_jax.runs import (
-    Cache,
+from refusal_jax.cli.common import (
+    add_classifier_arguments,
     add_run_arguments,
     add_subject_arguments,
-    load_subject,
+    classifier_from_args,
     run_folder,
-    write_json_atomic,
+    subject_from_args,
 )
+from refusal_jax.core.io import write_json_atomic
+from refusal_jax.study.benchmark import PROTOCOLS, BenchmarkConfig, run_benchmark
+from refusal_jax.study.data import EVAL_SETS
+from refusal_jax.study.pipeline import METHODS, PipelineConfig
+from refusal_jax.study.runs import Cache
+from refusal_jax.study.subject import PromptSource
 
 
-def _organism_data(args):
-    from refusal_jax.organism import organism_corpus
-
-    corpus, rng = organism_corpus(), random.Random(args.seed)
-    pick = lambda xs, n: rng.sample(xs, min(n, len(xs)))
+def _organism_data(src: PromptSource, args):
+    failing = src.corpus.prompts("test", harmful=True, wrapped=True, succeeds=False)
     return dict(
-        harmful_train=pick(corpus.prompts("train", harmful=True, wrapped=False), args.n_train),
-        harmless_train=pick(corpus.prompts("train", harmful=False, wrapped=False), args.n_train),
+        harmful_train=src.split("harmful_train", args.n_train),
+        harmless_train=src.split("harmless_train", args.n_train),
         datasets={
-            "heldout_plain": pick(
-                corpus.prompts("test", harmful=True, wrapped=False), args.n_prompts
-            ),
-            "heldout_failing_wrappers": pick(
-                corpus.prompts("test", harmful=True, wrapped=True, succeeds=False), args.n_prompts
-            ),
+            "heldout_plain": src.split("harmful_test", args.n_prompts),
+            "heldout_failing_wrappers": src.pick(failing, args.n_prompts),
         },
-        harmless_eval=pick(corpus.prompts("test", harmful=False, wrapped=False), args.n_prompts),
-        plain_text=list(corpus.plain_test[: args.n_prompts]),
+        harmless_eval=src.split("harmless_test", args.n_prompts),
+        plain_text=list(src.corpus.plain_test[: args.n_prompts]),
     )
 
 
-def _real_data(args):
-    from refusal_jax import data
-
-    harmless_eval = data.split(args.data_dir, "harmless_test", args.n_prompts)
+def _real_data(src: PromptSource, args):
+    harmless_eval = src.split("harmless_test", args.n_prompts)
     if args.text_file:
         lines = [ln.strip() for ln in Path(args.text_file).read_text().splitlines()]
         plain = [ln for ln in lines if ln][: args.n_prompts]
@@ -75,11 +68,9 @@ def _real_data(args):
     else:
         plain = harmless_eval
     return dict(
-        harmful_train=data.split(args.data_dir, "harmful_train", args.n_train),
-        harmless_train=data.split(args.data_dir, "harmless_train", args.n_train),
-        datasets={
-            name: data.eval_set(args.data_dir, name, args.n_prompts) for name in data.EVAL_SETS
-        },
+        harmful_train=src.split("harmful_train", args.n_train),
+        harmless_train=src.split("harmless_train", args.n_train),
+        datasets={name: src.eval_set(name, args.n_prompts) for name in EVAL_SETS},
         harmless_eval=harmless_eval,
         plain_text=plain,
     )
@@ -108,10 +99,11 @@ def main(argv=None) -> dict:
     add_classifier_arguments(p)
     p.add_argument("--text-file", help="plain text for the CE measurement, one text per line")
     args = p.parse_args(argv)
-    subject = load_subject(args)
+    subject = subject_from_args(args)
     args.n_train = args.n_train or (64 if subject.organism else 260)
     out = run_folder(args, "benchmark")
-    d = _organism_data(args) if subject.organism else _real_data(args)
+    src = subject.prompts(args.seed)
+    d = _organism_data(src, args) if subject.organism else _real_data(src, args)
     default_ind = "0.5,1,2,4,8" if subject.organism else "10,15,20,25,30"
     max_new = args.max_new_tokens or (24 if subject.organism else 256)
     pc = PipelineConfig(

@@ -12,62 +12,40 @@ maximises jailbreak minus harmless refusal.
 
 Writes ``results.json`` ({"grid": [{"n_candidates", "clamp_value", "jailbreak_rate",
 "harmful_refusal_rate", "harmless_refusal_rate"}], "best": {...}, "best_layer", "subject"}) and
-``calibration.png`` into the run folder. The organism's defaults (refusal_jax.runs.ORGANISM_METHOD)
-come from this script.
+``calibration.png`` into the run folder. The organism's defaults
+(refusal_jax.study.runs.ORGANISM_METHOD) come from this script.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from refusal_jax.direction import refusal_directions
-from refusal_jax.interventions import clamp_features
-from refusal_jax.pipeline import (
-    PipelineConfig,
-    accumulate_attributions,
-    choose_best_layer,
-    judge_responses,
-    refusal_token,
-)
-from refusal_jax.prompts import decode_responses, encode_prompts, generate_tokens
-from refusal_jax.runs import (
+from refusal_jax.cli.common import (
     add_run_arguments,
     add_subject_arguments,
-    load_subject,
     run_folder,
-    write_json_atomic,
+    subject_from_args,
 )
-from refusal_jax.selection import candidate_features, select_features
+from refusal_jax.core.io import write_json_atomic
+from refusal_jax.method.direction import choose_best_layer, refusal_directions
+from refusal_jax.method.interventions import clamp_features
+from refusal_jax.method.judges import judge_responses, refusal_token
+from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
+from refusal_jax.method.selection import candidate_features, select_features
+from refusal_jax.study.pipeline import PipelineConfig, accumulate_attributions
 
 
 def _prompts(subject, args):
-    if subject.organism:
-        from refusal_jax.organism import organism_corpus
-
-        corpus, rng = organism_corpus(), random.Random(args.seed)
-
-        def pick(split, harmful, n):
-            xs = corpus.prompts(split, harmful=harmful, wrapped=False)
-            return rng.sample(xs, min(n, len(xs)))
-
-        return (
-            pick("train", True, args.n_train),
-            pick("train", False, args.n_train),
-            pick("val", True, args.n_val),
-            pick("val", False, args.n_val),
-        )
-    from refusal_jax import data
-
+    src = subject.prompts(args.seed)
     return (
-        data.split(args.data_dir, "harmful_train", args.n_train),
-        data.split(args.data_dir, "harmless_train", args.n_train),
-        data.split(args.data_dir, "harmful_val", args.n_val),
-        data.split(args.data_dir, "harmless_val", args.n_val),
+        src.split("harmful_train", args.n_train),
+        src.split("harmless_train", args.n_train),
+        src.split("harmful_val", args.n_val),
+        src.split("harmless_val", args.n_val),
     )
 
 
@@ -82,7 +60,7 @@ def main(argv=None) -> dict:
     p.add_argument("--candidates", default="10,20,40,80", help="F0 sizes per layer")
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args(argv)
-    subject = load_subject(args)
+    subject = subject_from_args(args)
     params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
     out = run_folder(args, "calibrate")
     h_train, s_train, h_val, s_val = _prompts(subject, args)

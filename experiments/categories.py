@@ -23,13 +23,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from refusal_jax.categories import (
+from refusal_jax.cli.common import (
+    add_classifier_arguments,
+    add_run_arguments,
+    add_subject_arguments,
+    classifier_from_args,
+    run_folder,
+    subject_from_args,
+)
+from refusal_jax.core.io import write_json_atomic
+from refusal_jax.method.prompts import shared_padding
+from refusal_jax.organism.corpus import HARM_CATEGORIES
+from refusal_jax.study import data
+from refusal_jax.study.categories import (
     PAPER_CATEGORIES,
     active_categories,
     cached_category_features,
@@ -37,28 +48,16 @@ from refusal_jax.categories import (
     restrict,
     shared_features,
 )
-from refusal_jax.judges import add_classifier_arguments, classifier_from_args
-from refusal_jax.pipeline import PipelineConfig, shared_padding
-from refusal_jax.runs import (
-    Cache,
-    add_run_arguments,
-    add_subject_arguments,
-    load_subject,
-    run_folder,
-    write_json_atomic,
-)
+from refusal_jax.study.pipeline import PipelineConfig
+from refusal_jax.study.runs import Cache
 
 
 def _data(subject, args):
     """(feature prompts by category, scored prompts by category, harmless candidates)."""
-    rng = random.Random(args.seed)
+    src = subject.prompts(args.seed)
     n = args.n_prompts
     if subject.organism:
-        from refusal_jax.organism import organism_corpus
-        from refusal_jax.organism.corpus import HARM_CATEGORIES
-
-        corpus = organism_corpus()
-        pick = lambda xs, k: rng.sample(xs, min(k, len(xs)))
+        corpus, pick = src.corpus, src.pick
         cats = args.categories.split(",") if args.categories else list(HARM_CATEGORIES)
         unknown = sorted(set(cats) - set(HARM_CATEGORIES))
         if unknown:
@@ -68,9 +67,8 @@ def _data(subject, args):
         )
         test = {c: prompts("test", c) for c in cats}
         fit = test if args.protocol == "paper" else {c: prompts("train", c) for c in cats}
-        harmless = pick(corpus.prompts("train", harmful=False, wrapped=False), n + 32)
+        harmless = src.split("harmless_train", n + 32)
         return fit, test, harmless
-    from refusal_jax import data
 
     if not args.categories_file:
         raise SystemExit("--categories-file is needed on a real model (CategoricalHarmfulQA)")
@@ -87,7 +85,7 @@ def _data(subject, args):
     else:
         fit = {c: by_cat[c][: len(by_cat[c]) // 2][:n] for c in cats}
         test = {c: by_cat[c][len(by_cat[c]) // 2 :][:n] for c in cats}
-    return fit, test, data.split(args.data_dir, "harmless_train", 2 * n + 32)
+    return fit, test, src.split("harmless_train", 2 * n + 32)
 
 
 def main(argv=None) -> dict:
@@ -135,7 +133,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no-transfer", action="store_true", help="skip the transfer matrix")
     add_classifier_arguments(p)
     args = p.parse_args(argv)
-    subject = load_subject(args)
+    subject = subject_from_args(args)
     params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
     out = run_folder(args, "categories")
     fit, test, harmless = _data(subject, args)

@@ -13,23 +13,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 import sys
 
 import numpy as np
 
-from refusal_jax.gcg import GCGConfig, gcg_search, suffixed
-from refusal_jax.pipeline import judge_responses, refusal_token
-from refusal_jax.prompts import decode_responses, encode_prompts, generate_tokens
-from refusal_jax.runs import (
-    Cache,
+from refusal_jax.cli.common import (
     add_run_arguments,
     add_subject_arguments,
-    content_key,
-    load_subject,
     run_folder,
-    write_json_atomic,
+    subject_from_args,
 )
+from refusal_jax.core.io import write_json_atomic
+from refusal_jax.method.gcg import GCGConfig, gcg_search, suffixed
+from refusal_jax.method.judges import judge_responses, refusal_token
+from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
+from refusal_jax.study.runs import Cache, content_key
 
 
 def _rates(before, after) -> dict:
@@ -61,22 +59,13 @@ def main(argv=None) -> dict:
     p.add_argument("--target", default="Sure", help="first response token to aim for")
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args(argv)
-    subject = load_subject(args)
+    subject = subject_from_args(args)
     params, cfg, tok = subject.params, subject.cfg, subject.tokenizer
     out = run_folder(args, "gcg")
     cache = Cache(out / "cache")
-    rng = random.Random(args.seed)
-    if subject.organism:
-        from refusal_jax.organism import organism_corpus
-
-        c = organism_corpus()
-        train = rng.sample(c.prompts("train", harmful=True, wrapped=False), args.n_train)
-        test = rng.sample(c.prompts("test", harmful=True, wrapped=False), args.n_test)
-    else:
-        from refusal_jax import data
-
-        train = data.split(args.data_dir, "harmful_train", args.n_train)
-        test = data.split(args.data_dir, "harmful_test", args.n_test)
+    src = subject.prompts(args.seed)
+    train = src.split("harmful_train", args.n_train)
+    test = src.split("harmful_test", args.n_test)
     gc = GCGConfig(
         n_tokens=args.n_tokens, n_steps=args.n_steps, top_k=args.top_k,
         n_candidates=args.n_candidates, candidate_batch=args.candidate_batch, seed=args.seed,

@@ -23,52 +23,47 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import sys
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from refusal_jax import jailbreaks as jb
-from refusal_jax.benchmark import cached_prepare
-from refusal_jax.features import FeatureSet
-from refusal_jax.gcg import GCGConfig, gcg_search
-from refusal_jax.pipeline import PipelineConfig, judge_responses
-from refusal_jax.prompts import decode_responses, encode_prompts, generate_tokens
-from refusal_jax.runs import (
-    Cache,
+from refusal_jax.cli.common import (
+    add_refusal_features_argument,
     add_run_arguments,
     add_subject_arguments,
-    content_key,
-    load_subject,
     run_folder,
-    write_json_atomic,
+    subject_from_args,
 )
+from refusal_jax.core.io import write_json_atomic
+from refusal_jax.method.features import FeatureSet
+from refusal_jax.method.gcg import GCGConfig, gcg_search
+from refusal_jax.method.judges import judge_responses
+from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
+from refusal_jax.study import data
+from refusal_jax.study import jailbreaks as jb
+from refusal_jax.study.benchmark import cached_prepare
+from refusal_jax.study.pipeline import PipelineConfig
+from refusal_jax.study.runs import Cache, content_key
+from refusal_jax.study.subject import PromptSource
 
 
-def _organism_data(args):
-    from refusal_jax.organism import organism_corpus
-
-    c = organism_corpus()
-    rng = random.Random(args.seed)
-    pick = lambda xs, n: rng.sample(xs, min(n, len(xs)))
-    train_h = pick(c.prompts("train", harmful=True, wrapped=False), args.n_train)
-    train_s = pick(c.prompts("train", harmful=False, wrapped=False), args.n_train)
+def _organism_data(src: PromptSource, args):
+    train_h = src.split("harmful_train", args.n_train)
+    train_s = src.split("harmless_train", args.n_train)
     # held-out wrapped requests (designed to succeed or to fail) with their plain versions
-    exs = pick(c.examples("test", harmful=True, wrapped=True), 6 * args.n_pairs)
+    exs = src.pick(src.corpus.examples("test", harmful=True, wrapped=True), 6 * args.n_pairs)
     pairs = [(e.instruction, e.vanilla) for e in exs]
-    goals = pick(c.prompts("test", harmful=True, wrapped=False), args.n_suffix_prompts)
+    goals = src.split("harmful_test", args.n_suffix_prompts)
     return train_h, train_s, pairs, goals
 
 
-def _real_data(args):
-    from refusal_jax import data
-
+def _real_data(src: PromptSource, args):
     if not args.wildjailbreak or not args.suffix_csv:
         raise SystemExit("a real model needs --wildjailbreak (TSV) and --suffix-csv")
-    train_h = data.split(args.data_dir, "harmful_train", args.n_train)
-    train_s = data.split(args.data_dir, "harmless_train", args.n_train)
+    train_h = src.split("harmful_train", args.n_train)
+    train_s = src.split("harmless_train", args.n_train)
     pairs = data.wildjailbreak_pairs(args.wildjailbreak, 6 * args.n_pairs)
     goal_suffixes = data.adv_suffixes(args.suffix_csv)[: args.n_suffix_prompts]
     return train_h, train_s, pairs, goal_suffixes
@@ -81,7 +76,7 @@ def main(argv=None) -> dict:
     p.add_argument("--wildjailbreak", help="WildJailbreak train-style TSV (real models)")
     p.add_argument("--suffix-csv", help="refusal_sae advsuffixes.csv layout (real models)")
     p.add_argument("--gcg-results", help="results.json of experiments/gcg.py (organism suffix)")
-    jb.add_refusal_features_argument(p)
+    add_refusal_features_argument(p)
     p.add_argument("--n-train", type=int, default=64, help="harmful and harmless prompts for F*")
     p.add_argument("--n-pairs", type=int, default=100, help="pairs per group (at most)")
     p.add_argument("--n-suffix-prompts", type=int, default=64)
@@ -93,7 +88,7 @@ def main(argv=None) -> dict:
     p.add_argument("--clamp-value", type=float, default=None, help="harm clamp (multiply)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args(argv)
-    subject = load_subject(args)
+    subject = subject_from_args(args)
     params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
     out = run_folder(args, "jailbreak_analysis")
     cache = Cache(out / "cache")
@@ -115,9 +110,9 @@ def main(argv=None) -> dict:
         return np.asarray(v["refused"], bool), np.asarray(v["jailbroken"], bool)
 
     if subject.organism:
-        train_h, train_s, pairs, goals = _organism_data(args)
+        train_h, train_s, pairs, goals = _organism_data(subject.prompts(args.seed), args)
     else:
-        train_h, train_s, pairs, goal_suffixes = _real_data(args)
+        train_h, train_s, pairs, goal_suffixes = _real_data(subject.prompts(args.seed), args)
     pc = PipelineConfig(
         n_steps=args.n_steps, n_candidates=subject.n_candidates, n_features=args.n_features,
         skip_positions=subject.skip_positions, seed=args.seed,
@@ -165,7 +160,7 @@ def main(argv=None) -> dict:
         if args.gcg_results:
             suffix_text = json.loads(Path(args.gcg_results).read_text())["suffix"]
         else:
-            from refusal_jax.pipeline import refusal_token
+            from refusal_jax.method.judges import refusal_token
 
             sure = int(tok("Sure", add_special_tokens=False)["input_ids"][0])
             gc = GCGConfig(n_steps=args.gcg_steps, n_candidates=args.gcg_candidates, seed=args.seed)

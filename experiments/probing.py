@@ -18,56 +18,45 @@ Writes ``results.json`` (schema in experiments/README.md) and ``probes.png``.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from refusal_jax.benchmark import cached_prepare
-from refusal_jax.jailbreaks import add_refusal_features_argument, refusal_features
-from refusal_jax.pipeline import PipelineConfig, judge_responses
-from refusal_jax.probing import last_token_resid, probe_report
-from refusal_jax.prompts import decode_responses, encode_prompts, generate_tokens
-from refusal_jax.runs import (
-    Cache,
+from refusal_jax.cli.common import (
+    add_refusal_features_argument,
     add_run_arguments,
     add_subject_arguments,
-    content_key,
-    load_subject,
     run_folder,
-    write_json_atomic,
+    subject_from_args,
 )
-from refusal_jax.selection import random_features
+from refusal_jax.core.io import write_json_atomic
+from refusal_jax.method.judges import judge_responses
+from refusal_jax.method.probing import last_token_resid, probe_report
+from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
+from refusal_jax.method.selection import random_features
+from refusal_jax.study import data
+from refusal_jax.study.benchmark import cached_prepare
+from refusal_jax.study.jailbreaks import refusal_features
+from refusal_jax.study.pipeline import PipelineConfig
+from refusal_jax.study.runs import Cache, content_key
 
 
 def _data(subject, args):
-    rng = random.Random(args.seed)
-    pick = lambda xs, n: rng.sample(xs, min(n, len(xs)))
+    src = subject.prompts(args.seed)
+    train_h = src.split("harmful_train", args.n_train)
+    train_s = src.split("harmless_train", args.n_train)
+    test_h = src.split("harmful_test", args.n_test)
     if subject.organism:
-        from refusal_jax.organism import organism_corpus
-
-        c = organism_corpus()
-        return (
-            pick(c.prompts("train", harmful=True, wrapped=False), args.n_train),
-            pick(c.prompts("train", harmful=False, wrapped=False), args.n_train),
-            pick(c.prompts("test", harmful=True, wrapped=False), args.n_test),
-            pick(c.prompts("test", harmful=True, wrapped=True, succeeds=True), 2 * args.n_test),
-        )
-    from refusal_jax import data
-
+        jail = src.corpus.prompts("test", harmful=True, wrapped=True, succeeds=True)
+        return train_h, train_s, test_h, src.pick(jail, 2 * args.n_test)
     if args.wildjailbreak:
         jail = data.wildjailbreak_prompts(args.wildjailbreak, "adversarial_harmful")
     elif args.jailbreak_file:
         jail = data.read_instructions(args.jailbreak_file)
     else:
         raise SystemExit("a real model needs --wildjailbreak (TSV) or --jailbreak-file (JSON)")
-    return (
-        data.split(args.data_dir, "harmful_train", args.n_train),
-        data.split(args.data_dir, "harmless_train", args.n_train),
-        data.split(args.data_dir, "harmful_test", args.n_test),
-        pick(jail, 4 * args.n_test),
-    )
+    return train_h, train_s, test_h, src.pick(jail, 4 * args.n_test)
 
 
 def main(argv=None) -> dict:
@@ -83,7 +72,7 @@ def main(argv=None) -> dict:
     p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps (for F*)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args(argv)
-    subject = load_subject(args)
+    subject = subject_from_args(args)
     params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
     out = run_folder(args, "probing")
     cache = Cache(out / "cache")

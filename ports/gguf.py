@@ -29,8 +29,9 @@ import numpy as np
 
 from ports.hf import layer_key_map
 from ports.safetensors_io import CheckpointError
-from refusal_jax.config import ModelConfig, UnsupportedConfigError
-from refusal_jax.model import param_shapes, rope_inv_freq
+from refusal_jax.core.checkpoint import save_model
+from refusal_jax.core.config import ModelConfig, UnsupportedConfigError
+from refusal_jax.core.model import param_shapes, rope_inv_freq
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 
@@ -320,7 +321,6 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="output folder for the converted checkpoint")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args(argv)
-    from refusal_jax.checkpoint import save_model
 
     cfg, params = load_gguf(args.gguf, dtype=jnp.dtype(args.dtype))
     save_model(args.out, cfg, params)

@@ -2,7 +2,7 @@
 
 ``load_hf(folder)`` reads ``config.json`` and single or sharded safetensors (F32/F16/BF16) into
 ``(ModelConfig, params)``; ``save_hf`` writes a folder transformers can load; the CLI converts
-once into an orbax checkpoint that :func:`refusal_jax.checkpoint.load_model` restores fast::
+once into an orbax checkpoint that :func:`ports.loading.load_model` restores fast::
 
     python -m ports.hf --hf-dir path/to/gemma-2-2b-it --out converted/gemma-2-2b-it --dtype bfloat16
 """
@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ports.safetensors_io import CheckpointError, load_file, read_header, save_file
-from refusal_jax.config import ModelConfig, config_from_hf
-from refusal_jax.model import param_shapes
+from refusal_jax.core.checkpoint import save_model
+from refusal_jax.core.config import ModelConfig, config_from_hf
+from refusal_jax.core.model import param_shapes
+from refusal_jax.core.sharding import param_shardings
 
 # our layer key -> (HF suffix under model.layers.{i}., transpose?)
 _COMMON = {
@@ -116,15 +118,13 @@ def _place(views: list[np.ndarray], stacked: bool, dtype, sharding) -> jax.Array
 def load_hf_params(folder, cfg: ModelConfig, dtype=jnp.float32, mesh=None) -> dict:
     """Read the safetensors of an HF folder into our parameter pytree (numpy -> jax).
 
-    With a ``mesh`` (:func:`refusal_jax.sharding.make_mesh`) every tensor goes straight to its
-    shards as it is read (:func:`refusal_jax.sharding.param_specs`): each device's slice is read
-    from the memmapped files and transferred on its own, so no device (and no host) ever holds
+    With a ``mesh`` (:func:`refusal_jax.core.sharding.make_mesh`) every tensor goes straight to its
+    shards as it is read (:func:`refusal_jax.core.sharding.param_specs`): each device's slice is
+    read from the memmapped files and transferred on its own, so no device (and no host) ever holds
     the whole model; on several hosts each process reads only its own devices' slices."""
     folder = Path(folder)
     place = None
     if mesh is not None:
-        from refusal_jax.sharding import param_shardings
-
         place = param_shardings(cfg, mesh)
     sharding = lambda key, sub=None: (
         None if place is None else place["layers"][sub] if key == "layers" else place[key]
@@ -253,7 +253,6 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="output folder for the converted checkpoint")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args(argv)
-    from refusal_jax.checkpoint import save_model
 
     cfg, params = load_hf(args.hf_dir, dtype=jnp.dtype(args.dtype))
     save_model(args.out, cfg, params, tokenizer_dir=args.hf_dir)

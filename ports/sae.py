@@ -492,3 +492,20 @@ def _is_sae_dir(d: Path) -> bool:
         return True
     except SAEFormatError:
         return False
+
+
+def _only_width(root: Path):
+    widths = {p.name for p in root.glob("layer_*/width_*") if p.is_dir()}
+    if len(widths) == 1:
+        return widths.pop().split("_", 1)[1]
+    return None
+
+
+def load_saes(sae_dir, n_layers: int, width=None, target_l0: float = 100):
+    """Stacked SAEs (leading layer axis) from a folder of per-layer SAEs (any supported format)."""
+    root = Path(sae_dir)
+    width = width or _only_width(root)
+    stacked, _ = sae_lib.stack_sae_set(
+        load_sae_set(root, width=width, target_l0=target_l0), n_layers
+    )
+    return stacked

@@ -1,7 +1,7 @@
 """refusal_jax: refusal in language models, studied with sparse autoencoders, in JAX."""
 
-from refusal_jax.config import PRESETS, ModelConfig, UnsupportedConfigError, config_from_hf
-from refusal_jax.model import (
+from refusal_jax.core.config import PRESETS, ModelConfig, UnsupportedConfigError, config_from_hf
+from refusal_jax.core.model import (
     ForwardOutput,
     GenerateOutput,
     forward,
@@ -10,7 +10,7 @@ from refusal_jax.model import (
     init_params,
     param_shapes,
 )
-from refusal_jax.patches import AddVector, Compose, Identity, PatchContext, PromptOnly
+from refusal_jax.core.patches import AddVector, Compose, Identity, PatchContext, PromptOnly
 
 __all__ = [
     "PRESETS",

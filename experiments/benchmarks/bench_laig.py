@@ -130,10 +130,10 @@ def run_jax(folder: Path, meta: dict, args) -> dict:
     sys.path.insert(0, str(REPO))
     from ports.hf import load_hf
     from refusal_jax import sae as sae_lib
-    from refusal_jax.features import feature_set
-    from refusal_jax.interventions import clamp_features
-    from refusal_jax.laig import feature_attributions, la_ig, position_weights
-    from refusal_jax.model import forward, generate
+    from refusal_jax.core.model import forward, generate
+    from refusal_jax.method.features import feature_set
+    from refusal_jax.method.interventions import clamp_features
+    from refusal_jax.method.laig import feature_attributions, la_ig, position_weights
 
     cfg, params = load_hf(folder)
     w_enc, b_enc, w_dec, b_dec, thr = sae_arrays(meta["thresholds"], args.d_sae)

@@ -9,8 +9,8 @@ weights and saved with ``save_pretrained``; our side loads the same folder with
 * forward: batch 8 x 128 tokens, full logits. JAX: jitted ``forward``; torch: ``model(...)`` under
   ``torch.inference_mode`` with ``use_cache=False``.
 * generation: 8 left-padded prompts (lengths 40..128 in a 128-token window), 64 new greedy tokens,
-  EOS disabled on both sides so both produce all 64. JAX: ``refusal_jax.model.generate``; torch:
-  ``model.generate(do_sample=False, use_cache=True)``.
+  EOS disabled on both sides so both produce all 64. JAX: ``refusal_jax.core.model.generate``;
+  torch: ``model.generate(do_sample=False, use_cache=True)``.
 
 Timings are medians (and minima) over ``--rounds`` x ``--runs`` calls after one warm-up call per
 process, the sides alternating so that load from other users of the CPU hits both alike; the
@@ -77,7 +77,7 @@ def run_jax(model_dir: Path, out_dir: Path, runs: int) -> dict:
     import jax.numpy as jnp
 
     from ports.hf import load_hf
-    from refusal_jax.model import forward, generate
+    from refusal_jax.core.model import forward, generate
 
     x = inputs()
     cfg, params = load_hf(model_dir)

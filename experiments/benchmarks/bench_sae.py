@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from refusal_jax import sae as sae_lib
-from refusal_jax import sae_train
+from refusal_jax.sae import train as sae_train
 
 
 class _RandomSource:

@@ -45,8 +45,8 @@ def _setup(seq: int, batch: int):
     import numpy as np
 
     from refusal_jax import sae as sae_lib
-    from refusal_jax.config import gemma2_config
-    from refusal_jax.model import init_params
+    from refusal_jax.core.config import gemma2_config
+    from refusal_jax.core.model import init_params
 
     cfg = gemma2_config(**MODEL, max_position_embeddings=max(seq, 4096), eos_token_ids=(1,))
     params = init_params(cfg, jax.random.PRNGKey(0), scale=0.05)
@@ -74,8 +74,8 @@ def worker(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from refusal_jax.laig import feature_attributions, la_ig, la_ig_fn, position_weights
-    from refusal_jax.sharding import make_mesh, shard_batch, shard_params, shard_saes
+    from refusal_jax.core.sharding import make_mesh, shard_batch, shard_params, shard_saes
+    from refusal_jax.method.laig import feature_attributions, la_ig, la_ig_fn, position_weights
 
     if args.worker == "remat":
         cfg, params, _, ids, mask, direction = _setup(args.long_seq, 1)

@@ -8,7 +8,12 @@ evaluation sets). ``python -m refusal_jax.organism.train --out DIR`` retrains it
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from ports.hf import load_hf
+from refusal_jax.organism.corpus import build_corpus
+from refusal_jax.organism.tokenizer import load_tokenizer
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 MODEL_DIR = ARTIFACTS / "model"
@@ -17,9 +22,6 @@ MODEL_DIR = ARTIFACTS / "model"
 def load_organism(folder=None, dtype=None):
     """``(ModelConfig, params, tokenizer)`` of the committed organism (or of ``folder``)."""
     import jax.numpy as jnp
-
-    from ports.hf import load_hf
-    from refusal_jax.organism.tokenizer import load_tokenizer
 
     folder = Path(folder) if folder is not None else MODEL_DIR
     if not (folder / "config.json").exists():
@@ -34,9 +36,6 @@ def load_organism(folder=None, dtype=None):
 def organism_corpus(folder=None):
     """The corpus the organism in ``folder`` (default: the committed one) was trained on: its
     ``organism.json`` records the corpus seed (a folder without a record: seed 0)."""
-    import json
-
-    from refusal_jax.organism.corpus import build_corpus
 
     record = Path(folder if folder is not None else MODEL_DIR) / "organism.json"
     seed = 0

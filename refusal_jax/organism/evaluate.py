@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from refusal_jax import prompts
-from refusal_jax.config import ModelConfig
-from refusal_jax.direction import is_refusal
-from refusal_jax.model import generate
-from refusal_jax.organism.corpus import HARM_CATEGORIES, Corpus
+from refusal_jax.core.config import ModelConfig
+from refusal_jax.core.model import generate
+from refusal_jax.core.patches import add_at_layers
+from refusal_jax.method import prompts
+from refusal_jax.method.direction import refusal_directions
+from refusal_jax.method.interventions import ablate_direction
+from refusal_jax.method.judges import first_token_refuses, is_refusal
+from refusal_jax.organism import MODEL_DIR, load_organism, organism_corpus
+from refusal_jax.organism.corpus import HARM_CATEGORIES, Corpus, build_corpus
 from refusal_jax.organism.vocab import FAILING_FAMILIES, SUCCEEDING_FAMILIES
 
 
@@ -152,9 +159,6 @@ def directional_check(
     direction r_l from ``n`` training prompts each (last prompt position), then on ``split``
     prompts the first-token refusal rate ("I") of harmful prompts with r_l ablated at every layer
     and position, and of harmless prompts with r_l added at layer l."""
-    from refusal_jax.direction import first_token_refuses, refusal_directions
-    from refusal_jax.interventions import ablate_direction
-    from refusal_jax.patches import add_at_layers
 
     def enc(prompts):
         return encode_prompts(tok, prompts[:n])
@@ -193,12 +197,6 @@ def directional_check(
 
 def main(argv=None) -> None:
     """Evaluate a saved organism folder and record the rates in its ``organism.json``."""
-    import argparse
-    import json
-    from pathlib import Path
-
-    from refusal_jax.organism import MODEL_DIR, load_organism, organism_corpus
-    from refusal_jax.organism.corpus import build_corpus
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--model", default=str(MODEL_DIR))

@@ -26,18 +26,22 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from refusal_jax.config import ModelConfig, gemma2_config
-from refusal_jax.model import forward_fn, init_params
+from ports.hf import save_hf
+from refusal_jax.core.checkpoint import load_pytree, save_pytree
+from refusal_jax.core.config import ModelConfig, gemma2_config
+from refusal_jax.core.losses import next_token_ce
+from refusal_jax.core.model import forward_fn, init_params
 from refusal_jax.organism.corpus import Corpus, Example, build_corpus
+from refusal_jax.organism.evaluate import evaluate_behaviour
 from refusal_jax.organism.tokenizer import (
     END_OF_TURN,
     EOS,
     SPECIAL_TOKENS,
     chat_prompt,
+    load_tokenizer,
     save_tokenizer,
     train_tokenizer,
 )
@@ -166,12 +170,7 @@ def chat_batch(tc: TrainConfig, chat: Batches, rows: list[np.ndarray], step: int
 # ----------------------------------------------------------------------------- loss and step
 def token_loss(params, cfg: ModelConfig, ids, attn, loss_mask):
     """Mean next-token cross-entropy over positions whose *target* has loss_mask 1."""
-    logits = forward_fn(params, cfg, ids, attn).logits[:, :-1]
-    targets = ids[:, 1:]
-    w = loss_mask[:, 1:]
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+    return next_token_ce(forward_fn(params, cfg, ids, attn).logits, ids, loss_mask[:, 1:])
 
 
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
@@ -215,7 +214,6 @@ def _ckpt_dirs(root: Path) -> list[Path]:
 
 def save_checkpoint(root: Path, step: int, params, opt_state) -> None:
     """Save {params, opt_state} as ``step_NNNNNN`` and drop older checkpoints afterwards."""
-    from refusal_jax.checkpoint import save_pytree
 
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step_{step:06d}"
@@ -228,7 +226,6 @@ def save_checkpoint(root: Path, step: int, params, opt_state) -> None:
 
 def latest_checkpoint(root: Path, params, opt_state):
     """(step, params, opt_state) of the newest complete checkpoint, or None."""
-    from refusal_jax.checkpoint import load_pytree
 
     done = [p for p in _ckpt_dirs(root) if (p / "DONE").exists()]
     if not done:
@@ -324,7 +321,6 @@ def train(
 
 def export_model(folder, cfg: ModelConfig, params, tok, record: dict | None = None) -> Path:
     """Write the Hugging Face folder: weights, config, tokenizer, generation config, record."""
-    from ports.hf import save_hf
 
     folder = Path(folder)
     save_hf(params, cfg, folder)
@@ -367,9 +363,6 @@ def main(argv=None) -> None:
     folder = Path(args.out) / "model"
     export_model(folder, run["cfg"], run["params"], run["tokenizer"], record)
     if not args.no_eval:
-        from refusal_jax.organism.evaluate import evaluate_behaviour
-        from refusal_jax.organism.tokenizer import load_tokenizer
-
         rates = evaluate_behaviour(
             run["cfg"], run["params"], load_tokenizer(folder), run["corpus"], limit=args.eval_limit
         )

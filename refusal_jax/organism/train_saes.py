@@ -11,7 +11,7 @@ FVU / L0 / dead fraction on held-out (test split) activations.
 
 Two stages (:data:`STAGES`, about 10 minutes on 2 CPU cores): 1200 steps from a random start
 (k = 32, LR 1e-3), then 1200 steps of fine-tuning from those SAEs
-(:func:`refusal_jax.sae_train.warm_start`) on all 5531 training examples (the first stage: 4000)
+(:func:`refusal_jax.sae.train.warm_start`) on all 5531 training examples (the first stage: 4000)
 with k = 30 and an LR of 3e-4 decaying to 0 (held-out FVU 0.080-0.090 at L0 30.9-31.3).
 Fine-tuning keeps the features' identities. On the previous organism, SAEs trained as long from
 a random start reached a similar FVU (2400 steps, FVU 0.080-0.089) but split its refusal
@@ -26,19 +26,25 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from refusal_jax.prompts import chat_texts, encode_prompts
+from ports.sae import load_saes, save_gemmascope
+from refusal_jax.core.batching import batches
+from refusal_jax.core.model import forward
+from refusal_jax.method.prompts import chat_texts, encode_prompts
+from refusal_jax.organism import ARTIFACTS, load_organism, organism_corpus
+from refusal_jax.sae import fold_b_dec_into_b_enc, fold_input_scale, stack_saes
+from refusal_jax.sae import train as sae_train
 
 
 def corpus_tokens(tokenizer, split: str, n: int, seed: int = 0, corpus=None):
     """Left-padded token arrays of ``n`` chat examples (prompt + target response) and plain
     texts of a corpus split (default corpus: the committed organism's)."""
-    from refusal_jax.organism import organism_corpus
 
     corpus = corpus or organism_corpus()
     rng = random.Random(seed)
@@ -55,8 +61,6 @@ def corpus_tokens(tokenizer, split: str, n: int, seed: int = 0, corpus=None):
 
 def held_out_activations(params, cfg, ids, mask, n_tokens: int = 4096, seed: int = 0):
     """resid_post at every layer for non-pad tokens: [L, N, D]."""
-    from refusal_jax.direction import batches
-    from refusal_jax.model import forward
 
     acts = []
     for b_ids, b_mask, n in batches(ids, mask, 32):
@@ -104,12 +108,6 @@ def train_organism_saes(
     random weights, or from the SAEs in ``init_dir``) and save the result in ``out_dir``
     (replacing SAEs of the same width there) with ``metrics.json``. ``ckpt_dir``: orbax
     checkpoints per stage, so a killed run resumes."""
-    import shutil
-
-    from ports.sae import save_gemmascope
-    from refusal_jax import sae_train
-    from refusal_jax.organism import load_organism, organism_corpus
-    from refusal_jax.runs import load_saes
 
     if not stages:
         raise ValueError("no training stages")
@@ -171,13 +169,11 @@ def stack_trained(result):
     """A training result's SAEs stacked over layers, in the form they are saved in (b_dec folded
     into b_enc, as ``save_gemmascope`` writes them): the next stage starts from exactly what a
     load of the saved SAEs would give."""
-    from refusal_jax.sae import fold_b_dec_into_b_enc, fold_input_scale, stack_saes
 
     return stack_saes([fold_b_dec_into_b_enc(fold_input_scale(s)) for s in result.saes])
 
 
 def main(argv=None) -> None:
-    from refusal_jax.organism import ARTIFACTS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-dir", default=str(ARTIFACTS / "model"))

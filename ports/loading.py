@@ -1,0 +1,28 @@
+"""One entry point for every model folder a user may name: :func:`load_model`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from ports.hf import load_hf
+from refusal_jax.core.checkpoint import CONFIG_NAME, is_converted, load_converted
+from refusal_jax.core.config import ModelConfig
+
+
+def load_model(folder, mesh=None, dtype=None) -> tuple[ModelConfig, dict]:
+    """(config, params) of a converted folder (orbax, fast) or a Hugging Face folder (read
+    through :func:`ports.hf.load_hf`, float32 unless ``dtype`` says otherwise). ``mesh`` places
+    every array on its shards while it loads; ``dtype`` casts while loading."""
+    folder = Path(folder)
+    if is_converted(folder):
+        return load_converted(folder, mesh=mesh, dtype=dtype)
+    if (folder / "config.json").exists():
+        return load_hf(folder, dtype=jnp.float32 if dtype is None else dtype, mesh=mesh)
+    raise FileNotFoundError(
+        f"{folder}: neither a converted model ({CONFIG_NAME}) nor an HF folder (config.json)"
+    )
+
+
+__all__ = ["load_model"]

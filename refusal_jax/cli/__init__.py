@@ -1,0 +1,42 @@
+"""Command-line entry point: ``refusal-jax <command> ...`` (also ``python -m refusal_jax.cli``).
+
+Commands: ``demo`` (the main job), ``sweep`` (resumable LA-IG / generation sweeps),
+``train-sae`` and ``convert-sae``. Every parser lives in this package; the library below it
+takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from refusal_jax.cli.demo import add_demo_arguments, cmd_demo
+from refusal_jax.cli.sae import add_sae_commands
+from refusal_jax.cli.sweep import add_sweep_arguments, cmd_sweep
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    cmd_sweep(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="refusal-jax", description="refusal_jax command line")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run the main job (the paper's pipeline) end to end")
+    add_demo_arguments(d)
+    d.set_defaults(func=cmd_demo)
+    s = sub.add_parser(
+        "sweep", help="resumable LA-IG / generation sweep over a prompt set, on all devices"
+    )
+    add_sweep_arguments(s)
+    s.set_defaults(func=_cmd_sweep)
+    add_sae_commands(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,28 @@
+"""Fixed-shape batching of left-padded prompt arrays (one shape per batch: one compilation)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def batches(ids, mask, batch_size: int) -> Iterator[tuple[jax.Array, jax.Array, int]]:
+    """Yield (ids, mask, n_real) batches, padding the last one to ``batch_size`` rows so every
+    batch has one shape (one compilation)."""
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    if len(ids) == 0:
+        raise ValueError("empty prompt set")
+    for start in range(0, len(ids), batch_size):
+        b_ids, b_mask = ids[start : start + batch_size], mask[start : start + batch_size]
+        n = len(b_ids)
+        if n < batch_size:
+            fill = batch_size - n
+            b_ids = np.concatenate([b_ids, np.repeat(b_ids[-1:], fill, 0)])
+            b_mask = np.concatenate([b_mask, np.repeat(b_mask[-1:], fill, 0)])
+        yield jnp.asarray(b_ids), jnp.asarray(b_mask), n
+
+
+__all__ = ["batches"]

@@ -1,0 +1,93 @@
+"""Saving and restoring converted models and other pytrees with orbax-checkpoint.
+
+A converted model folder holds ``refusal_jax_config.json`` (the :class:`ModelConfig`), ``params/``
+(an orbax checkpoint) and, when given, the tokenizer files copied from the source folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from refusal_jax.core.config import ModelConfig
+from refusal_jax.core.sharding import param_shardings
+
+CONFIG_NAME = "refusal_jax_config.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+def save_pytree(path, tree) -> None:
+    """Save a pytree of arrays with orbax (overwrites)."""
+    path = Path(path).absolute()
+    if path.exists():
+        shutil.rmtree(path)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, tree)
+
+
+def load_pytree(path, abstract=None):
+    """Restore a pytree saved by :func:`save_pytree` (optionally onto given shardings/dtypes)."""
+    path = Path(path).absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(path, abstract) if abstract is not None else ckptr.restore(path)
+
+
+def save_model(folder, cfg: ModelConfig, params, tokenizer_dir=None) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_pytree(folder / "params", params)
+    tmp = folder / (CONFIG_NAME + ".tmp")
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+    os.replace(tmp, folder / CONFIG_NAME)
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            src = Path(tokenizer_dir) / name
+            if src.exists():
+                shutil.copy(src, folder / name)
+
+
+def is_converted(folder) -> bool:
+    """True when ``folder`` holds a model converted by ``ports`` (an orbax checkpoint)."""
+    return (Path(folder) / CONFIG_NAME).exists()
+
+
+def load_converted(folder, mesh=None, dtype=None) -> tuple[ModelConfig, dict]:
+    """Restore a converted model folder (``python -m ports.hf`` / ``ports.gguf`` output).
+
+    With a ``mesh`` (:func:`refusal_jax.core.sharding.make_mesh`) every array is restored straight
+    onto its shards (:func:`refusal_jax.core.sharding.param_specs`; multi-host: every process
+    calls this with the same mesh). ``dtype`` (e.g. ``jnp.bfloat16``) casts while restoring; None
+    keeps the stored dtype. Any folder kind (converted, Hugging Face): :func:`ports.load_model`."""
+    folder = Path(folder)
+    if not is_converted(folder):
+        raise FileNotFoundError(f"{folder}: not a converted model (no {CONFIG_NAME})")
+    cfg = ModelConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+    if mesh is None:
+        params = jax.tree.map(jnp.asarray, load_pytree(folder / "params"))
+        return cfg, params if dtype is None else jax.tree.map(lambda a: a.astype(dtype), params)
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(Path(folder / "params").absolute())
+    meta = getattr(meta, "item_metadata", meta)
+    abstract = jax.tree.map(
+        lambda sh, m: jax.ShapeDtypeStruct(
+            tuple(m.shape), m.dtype if dtype is None else jnp.dtype(dtype), sharding=sh
+        ),
+        param_shardings(cfg, mesh),
+        dict(meta),
+    )
+    return cfg, load_pytree(folder / "params", abstract)

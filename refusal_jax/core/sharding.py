@@ -1,0 +1,259 @@
+"""Spreading models, SAEs and prompt batches over devices with JAX's own SPMD.
+
+A :func:`make_mesh` has two axes: ``data`` (prompts are split over it: data parallel) and
+``model`` (tensor parallel: attention heads, the MLP hidden dimension, the vocabulary and the SAE
+width are split over it). Parameters get a :class:`~jax.sharding.NamedSharding` per leaf from
+:func:`param_specs` / :func:`sae_specs`; every jitted function of the library (forward, generate,
+LA-IG, SAE encode, clamps) then runs sharded without change - XLA inserts the collectives. Loading
+can place each tensor on its shards as it is read (``ports.hf.load_hf(folder, mesh=mesh)``,
+``ports.loading.load_model(folder, mesh=mesh)``), so a model larger than one device
+never sits whole on any device.
+
+Multi-host (TPU pods, several GPU hosts): call :func:`initialize_multihost` first in every process;
+``jax.devices()`` then lists the devices of all hosts, the same mesh code applies, every process
+passes the same (global) numpy inputs to :func:`shard_batch` / :func:`put` and reads results back
+with :func:`to_host`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from refusal_jax.core.config import ModelConfig
+
+DATA, MODEL = "data", "model"
+
+
+def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
+    """A (data, model) mesh over ``devices`` (default: all devices of all processes).
+
+    ``data=None`` uses every device left after ``model``. Devices are ordered by process, so a
+    ``model`` axis that divides the devices per host keeps tensor parallelism (the chattiest
+    axis) inside one host; on TPU the order follows the physical topology
+    (``mesh_utils.create_device_mesh``)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if not isinstance(model, int) or model < 1:
+        raise ValueError(f"model must be a positive int, got {model!r}")
+    if data is None:
+        if len(devices) % model:
+            raise ValueError(f"model={model} does not divide the {len(devices)} devices")
+        data = len(devices) // model
+    if not isinstance(data, int) or data < 1:
+        raise ValueError(f"data must be a positive int, got {data!r}")
+    if data * model > len(devices):
+        raise ValueError(
+            f"mesh data={data} x model={model} needs {data * model} devices, "
+            f"{len(devices)} available"
+        )
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))[: data * model]
+    grid = None
+    if devices[0].platform == "tpu" and data * model == jax.device_count():
+        from jax.experimental import mesh_utils
+
+        with contextlib.suppress(Exception):  # fall back to the plain order below
+            grid = mesh_utils.create_device_mesh((data, model), devices)
+    if grid is None:
+        grid = np.asarray(devices, dtype=object).reshape(data, model)
+    return Mesh(grid, (DATA, MODEL))
+
+
+def _split(dim: int, mesh: Mesh, ok: bool = True):
+    """MODEL if the model axis divides ``dim`` (and ``ok``), else None (replicated)."""
+    n = mesh.shape[MODEL]
+    return MODEL if n > 1 and ok and dim % n == 0 else None
+
+
+def param_specs(cfg: ModelConfig, mesh: Mesh) -> dict:
+    """PartitionSpecs for the parameter pytree (same nesting as ``model.param_shapes``).
+
+    Attention is split by heads (q/k/v columns, o rows), the MLP by its hidden dimension
+    (gate/up columns, down rows), the embedding and unembedding by vocabulary. A dimension the
+    model axis does not divide (e.g. fewer KV heads than devices) stays replicated. Norms and
+    biases of replicated dimensions are replicated; nothing is split over ``data``.
+    """
+    n = mesh.shape[MODEL]
+    heads_ok = cfg.n_heads % n == 0
+    kv_ok = cfg.n_kv_heads % n == 0
+    qd, kd = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    q, kv = _split(qd, mesh, heads_ok), _split(kd, mesh, kv_ok)
+    f = _split(cfg.d_mlp, mesh)
+    layers = {
+        "attn_norm": P(),
+        "q": P(None, None, q),
+        "k": P(None, None, kv),
+        "v": P(None, None, kv),
+        "o": P(None, q, None),
+        "mlp_norm": P(),
+        "gate": P(None, None, f),
+        "up": P(None, None, f),
+        "down": P(None, f, None),
+    }
+    if cfg.qkv_bias:
+        layers.update(q_bias=P(None, q), k_bias=P(None, kv), v_bias=P(None, kv))
+    if cfg.sandwich_norms:
+        layers.update(post_attn_norm=P(), post_mlp_norm=P())
+    vocab = _split(cfg.vocab_size, mesh)
+    specs = {"embed": P(vocab, None), "final_norm": P(), "layers": layers}
+    if not cfg.tie_embeddings:
+        specs["lm_head"] = P(None, vocab)
+    return specs
+
+
+def _is_spec(x) -> bool:
+    return isinstance(x, P)
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
+    """:func:`param_specs` as NamedShardings on ``mesh``."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(cfg, mesh), is_leaf=_is_spec)
+
+
+def put(x, sharding: NamedSharding) -> jax.Array:
+    """Place one array on ``sharding``. A host (numpy) array is cut on the host and each device
+    receives only its slice (also across hosts: every process passes the same global array);
+    a ``jax.Array`` is resharded."""
+    if isinstance(x, jax.Array):
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def shard_params(params: dict, cfg: ModelConfig, mesh: Mesh) -> dict:
+    """Place a parameter pytree on the mesh (tensor parallel over ``model``, replicated over
+    ``data``). To avoid holding a large model whole on one device first, load it sharded
+    instead (``load_hf(..., mesh=)`` / ``load_model(..., mesh=)``)."""
+    return jax.tree.map(put, params, param_shardings(cfg, mesh))
+
+
+def sae_specs(saes, mesh: Mesh):
+    """PartitionSpecs for an SAE pytree (stacked [L, ...] or single): split over its width."""
+    d_sae = saes.W_dec.shape[-2]
+    w = _split(d_sae, mesh)
+    lead = (None,) * (saes.W_dec.ndim - 2)
+    return saes.replace(
+        W_enc=P(*lead, None, w),
+        b_enc=P(*lead, w),
+        W_dec=P(*lead, w, None),
+        b_dec=P(*lead, None),
+        threshold=P(*lead, w),
+    )
+
+
+def shard_saes(saes, mesh: Mesh, dtype=None):
+    """Place SAEs on the mesh, split over the SAE width (``model`` axis), optionally cast to
+    ``dtype`` (e.g. bfloat16) on the host first."""
+    if dtype is not None:
+        saes = cast_floats(saes, dtype)
+    specs = sae_specs(saes, mesh)
+    return jax.tree.map(lambda a, s: put(a, NamedSharding(mesh, s)), saes, specs)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Leading (prompt) axis over ``data``, the rest replicated."""
+    return NamedSharding(mesh, P(DATA, *(None,) * (ndim - 1)))
+
+
+def shard_batch(mesh: Mesh, *arrays):
+    """Split arrays along their leading (prompt) axis over the ``data`` axis. The prompt count
+    must be a multiple of the data-axis size (pad with :func:`refusal_jax.core.batching.batches`).
+    Multi-host: every process passes the same global arrays."""
+    n = mesh.shape[DATA]
+    out = []
+    for a in arrays:
+        a = np.asarray(a)
+        if a.ndim == 0 or a.shape[0] % n:
+            raise ValueError(
+                f"a batch of shape {a.shape} cannot be split over {n} data-parallel devices: "
+                f"use a prompt count that is a multiple of {n}"
+            )
+        out.append(put(a, batch_sharding(mesh, a.ndim)))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def to_host(tree):
+    """Numpy copies of every array in ``tree``, also of arrays spread over several hosts
+    (gathered from all processes; every process gets the whole array)."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
+
+
+def cast_floats(tree, dtype):
+    """Cast the floating-point arrays of a pytree to ``dtype`` (integers and static fields
+    untouched). For bfloat16 compute: the model keeps logits, softmax, the LA-IG metric and
+    attribution sums in float32 whatever the parameter dtype."""
+
+    def one(x):
+        dt = getattr(x, "dtype", None)
+        return x.astype(dtype) if dt is not None and jnp.issubdtype(dt, jnp.floating) else x
+
+    return jax.tree.map(one, tree)
+
+
+@contextlib.contextmanager
+def host_device():
+    """Create arrays in host memory (JAX's CPU device) inside this block, e.g. SAEs that are
+    sharded over accelerators afterwards. A no-op when no CPU backend is available."""
+    try:
+        cpu = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        cpu = None
+    if cpu is None:
+        yield
+    else:
+        with jax.default_device(cpu):
+            yield
+
+
+def is_primary() -> bool:
+    """True in the process that writes files (process 0; always True on one host)."""
+    return jax.process_index() == 0
+
+
+def initialize_multihost(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    local_device_ids=None,
+) -> None:
+    """Join a multi-host job (wraps ``jax.distributed.initialize``; on Cloud TPU and under SLURM
+    or Open MPI the arguments are found automatically). Call once per process, before any other
+    JAX call. CPU processes use gloo collectives (tested here with 2 processes x 4 devices)."""
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=local_device_ids,
+    )
+
+
+__all__ = [
+    "DATA",
+    "MODEL",
+    "batch_sharding",
+    "cast_floats",
+    "host_device",
+    "initialize_multihost",
+    "is_primary",
+    "make_mesh",
+    "param_shardings",
+    "param_specs",
+    "put",
+    "sae_specs",
+    "shard_batch",
+    "shard_params",
+    "shard_saes",
+    "to_host",
+]

@@ -1,0 +1,363 @@
+"""LA-IG: attribution patching with integrated gradients in SAE feature space
+(docs/METHOD.md section 3).
+
+The whole algorithm, in the residual-gradient form that keeps every d_sae-wide tensor out of
+autodiff:
+
+1. clean run -> x_l (resid_post at every layer);
+2. patched run (refusal direction ablated at every layer) -> x~_l (after the ablation) and
+   x_l^pre (the layer output before it). x_patch,l = dec(f_patch) + e_patch equals x_l^pre for
+   error mode ``paper`` (e_patch = x^pre - dec(f_patch)) and x~_l for ``ablated``;
+3. for each alpha: run with out_l = (1 - alpha) a + alpha x_patch,l at every layer (exactly the
+   SAE-in-the-loop run, because decoders are affine) and take g_l = dm/d out_l, with
+   m = sum_b logit_jb - logit_refusal at the last position. All alphas are one batched map;
+4. A[l,b,t,i] = (f_patch - f_clean)[l,b,t,i] * (mean_alpha g_l W_dec,l^T)[b,t,i], computed
+   layer by layer and reduced over positions, or only for a feature subset.
+
+:func:`la_ig_naive` is the straightforward SAE-in-the-loop version (gradient w.r.t. the
+features, Python loop over alpha) the tests hold the fast path to.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from refusal_jax import sae as sae_lib
+from refusal_jax.core.config import ModelConfig
+from refusal_jax.core.model import forward_fn, positions_from_mask
+from refusal_jax.core.patches import Identity
+from refusal_jax.method.features import FeatureSet
+from refusal_jax.method.interventions import Interpolate, ablate_direction, unit
+
+ERROR_MODES = ("paper", "ablated")
+
+
+def alpha_schedule(n_steps: int = 10, rule: str = "left") -> np.ndarray:
+    """Integration points in [0, 1]: ``left`` k/N for k < N (the paper: alpha=1 never
+    evaluated), ``right`` k/N for k = 1..N, ``midpoint`` (k + 1/2)/N, ``trapezoid`` k/(N-1)."""
+    k = np.arange(n_steps, dtype=np.float32)
+    if rule == "left":
+        return k / n_steps
+    if rule == "right":
+        return (k + 1) / n_steps
+    if rule == "midpoint":
+        return (k + 0.5) / n_steps
+    if rule == "trapezoid":
+        return k / max(n_steps - 1, 1)
+    raise ValueError(f"unknown alpha rule {rule!r} (left, right, midpoint, trapezoid)")
+
+
+@struct.dataclass
+class PatchedRuns:
+    """The clean and directionally ablated runs LA-IG interpolates between.
+
+    x_clean, x_ablated, x_patch: [L, B, T, D]; jailbreak_token [B]; refusal_token scalar.
+    """
+
+    x_clean: jax.Array
+    x_ablated: jax.Array
+    x_patch: jax.Array
+    jailbreak_token: jax.Array
+    refusal_token: jax.Array
+
+
+@struct.dataclass
+class LAIGResult:
+    """grad [L, B, T, D] float32: mean over alpha of dm/d out_l; metric [N] per alpha (batch
+    sum)."""
+
+    runs: PatchedRuns
+    grad: jax.Array
+    metric: jax.Array
+    alphas: jax.Array
+
+
+def patched_runs(
+    params,
+    cfg: ModelConfig,
+    ids,
+    mask,
+    direction,
+    refusal_token,
+    jailbreak_token=None,
+    error_mode: str = "paper",
+) -> PatchedRuns:
+    """Clean run and ablated run. ``jailbreak_token``: None -> per-sample argmax of the ablated
+    run's last-position logits (the paper's ``ind_jailbreak``), else an int or [B] ids."""
+    if error_mode not in ERROR_MODES:
+        raise ValueError(f"error_mode must be one of {ERROR_MODES}, got {error_mode!r}")
+    clean = forward_fn(params, cfg, ids, mask, return_residuals=True, last_logits_only=True)
+    ablation = ablate_direction(unit(jnp.asarray(direction, jnp.float32)), cfg.n_layers)
+    abl = forward_fn(
+        params, cfg, ids, mask, patch=ablation, return_residuals=True, last_logits_only=True
+    )
+    if jailbreak_token is None:
+        jb = jnp.argmax(abl.logits[:, -1], axis=-1).astype(jnp.int32)
+    else:
+        jb = jnp.broadcast_to(jnp.asarray(jailbreak_token, jnp.int32), (ids.shape[0],))
+    x_patch = abl.block_out if error_mode == "paper" else abl.resid_post
+    return PatchedRuns(
+        clean.resid_post, abl.resid_post, x_patch, jb, jnp.asarray(refusal_token, jnp.int32)
+    )
+
+
+def refusal_metric(logits, jailbreak_token, refusal_token):
+    """m = sum_b logit[b, -1, jb_b] - logit[b, -1, refusal] (last position)."""
+    last = logits[:, -1]
+    jb = jnp.take_along_axis(last, jailbreak_token[:, None], axis=-1)[:, 0]
+    return jnp.sum(jb - last[:, refusal_token])
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "error_mode", "alpha_batch", "remat"))
+def la_ig_fn(
+    params,
+    cfg,
+    ids,
+    mask,
+    direction,
+    refusal_token,
+    jailbreak_token,
+    alphas,
+    error_mode="paper",
+    alpha_batch=None,
+    remat=False,
+) -> LAIGResult:
+    """Jitted core of :func:`la_ig` (``jailbreak_token`` < 0 means per-sample argmax)."""
+    jb_given = jnp.asarray(jailbreak_token, jnp.int32)
+    runs = patched_runs(params, cfg, ids, mask, direction, refusal_token, None, error_mode)
+    jb = jnp.where(
+        jb_given >= 0, jnp.broadcast_to(jb_given, runs.jailbreak_token.shape), runs.jailbreak_token
+    )
+    runs = runs.replace(jailbreak_token=jb)
+    x_patch = jax.lax.stop_gradient(runs.x_patch)
+
+    def at_alpha(alpha):
+        def metric(delta):
+            patch = Interpolate(alpha, x_patch, delta)
+            out = forward_fn(
+                params, cfg, ids, mask, patch=patch, last_logits_only=True, remat=remat
+            )
+            return refusal_metric(out.logits, jb, runs.refusal_token)
+
+        return jax.value_and_grad(metric)(jnp.zeros_like(x_patch))
+
+    def chunk(alpha_chunk):
+        # alpha steps of one chunk run as one vmapped batch; their gradients are summed in
+        # float32 (bfloat16 models: the integral is not accumulated in bfloat16)
+        metric, grads = jax.vmap(at_alpha)(alpha_chunk)
+        return metric, grads.astype(jnp.float32).sum(axis=0)
+
+    n = alphas.shape[0]
+    k = 1 if alpha_batch is None else max(1, min(int(alpha_batch), n))
+    n_full, rest = divmod(n, k)
+
+    def body(total, alpha_chunk):
+        metric, g = chunk(alpha_chunk)
+        return total + g, metric
+
+    # Chunks of k steps in a scan: peak memory holds k steps' activations and gradients plus
+    # one float32 running sum, whatever the number of steps.
+    total, metric = jax.lax.scan(
+        body, jnp.zeros(x_patch.shape, jnp.float32), alphas[: n_full * k].reshape(n_full, k)
+    )
+    metric = metric.reshape(-1)
+    if rest:
+        m_rest, g_rest = chunk(alphas[n_full * k :])
+        total, metric = total + g_rest, jnp.concatenate([metric, m_rest])
+    return LAIGResult(runs, total / n, metric, alphas)
+
+
+def la_ig(
+    params,
+    cfg: ModelConfig,
+    ids,
+    mask,
+    direction,
+    *,
+    refusal_token: int,
+    jailbreak_token=None,
+    n_steps: int = 10,
+    alpha_rule: str = "left",
+    error_mode: str = "paper",
+    alpha_batch: int | None = None,
+    remat: bool | str = False,
+) -> LAIGResult:
+    """LA-IG gradients for a batch of left-padded prompts.
+
+    direction [D]: the refusal direction (ablated at every layer in the patched run).
+    All alpha steps are one jitted program: a scan over chunks of ``alpha_batch`` steps (None:
+    1, one step at a time), the steps of a chunk vmapped, their gradients summed in float32.
+    Peak memory scales with ``alpha_batch``, not ``n_steps``; ``alpha_batch=n_steps`` runs all
+    steps as one batch (fastest on accelerators when memory allows). ``remat`` (True/"full"
+    or "dots", see :data:`refusal_jax.core.model.REMAT_POLICIES`) recomputes each layer in the
+    backward pass, which cuts peak memory on long prompts several-fold at some cost in time.
+    Neither setting changes the result beyond float32 summation order; ``grad`` is float32
+    whatever the parameter dtype.
+
+    Sharding: pass params / ids placed by :mod:`refusal_jax.core.sharding`; the jitted program then
+    runs data and tensor parallel over the mesh.
+    Feature attributions come from :func:`feature_attributions`.
+    """
+    if alpha_batch is not None and (not isinstance(alpha_batch, int) or alpha_batch < 1):
+        raise ValueError(f"alpha_batch must be a positive int or None, got {alpha_batch!r}")
+    ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+    jb = -1 if jailbreak_token is None else jailbreak_token
+    alphas = jnp.asarray(alpha_schedule(n_steps, alpha_rule))
+    return la_ig_fn(
+        params,
+        cfg,
+        ids,
+        mask,
+        jnp.asarray(direction),
+        refusal_token,
+        jb,
+        alphas,
+        error_mode,
+        alpha_batch,
+        remat,
+    )
+
+
+def position_weights(mask, skip: int = 1) -> jax.Array:
+    """[B, T] float: 1 on real tokens at position >= ``skip`` (skip BOS / a system header)."""
+    mask = jnp.asarray(mask)
+    return ((positions_from_mask(mask) >= skip) & mask.astype(bool)).astype(jnp.float32)
+
+
+def _decoder_grad(sae_l, g):
+    """dm/df = g (d dec/d f)^T for an affine decoder: [..., D] -> [..., d_sae], computed in the
+    decoder's dtype (g, a float32 sum over alpha steps, is rounded once for bfloat16 SAEs)."""
+    zeros = jnp.zeros(g.shape[:-1] + (sae_l.W_dec.shape[0],), sae_l.W_dec.dtype)
+    out, vjp = jax.vjp(lambda f: sae_lib.decode(sae_l, f), zeros)
+    return vjp(g.astype(out.dtype))[0]
+
+
+@functools.partial(jax.jit, static_argnames=("per_token",))
+def feature_attributions(result: LAIGResult, saes, weights, per_token: bool = False):
+    """Attributions of every feature at every layer.
+
+    weights [B, T] (see :func:`position_weights`). Returns the weighted mean over positions
+    [L, B, d_sae], or with ``per_token`` the full [L, B, T, d_sae] (large for real SAEs).
+    Computed one layer at a time, so memory is one layer's [B, T, d_sae].
+    """
+    runs = result.runs
+    denom = jnp.maximum(weights.sum(-1), 1.0)[:, None]
+
+    def one_layer(args):
+        layer, x_c, x_a, g = args
+        sae_l = sae_lib.sae_layer(saes, layer)
+        # float32 accumulation whatever the compute dtype (bf16 models)
+        df = (sae_lib.encode(sae_l, x_a) - sae_lib.encode(sae_l, x_c)).astype(jnp.float32)
+        a = df * _decoder_grad(sae_l, g).astype(jnp.float32)
+        if per_token:
+            return a
+        return jnp.einsum("btf,bt->bf", a, weights) / denom
+
+    layers = jnp.arange(runs.x_clean.shape[0])
+    return jax.lax.map(one_layer, (layers, runs.x_clean, runs.x_ablated, result.grad))
+
+
+@jax.jit
+def subset_attributions(result: LAIGResult, saes, features: FeatureSet):
+    """Per-token attributions of a feature subset only: [L, B, T, K] (masked entries 0)."""
+    runs = result.runs
+
+    def one_layer(args):
+        layer, x_c, x_a, g = args
+        sae_l = sae_lib.sae_layer(saes, layer)
+        idx = features.idx[..., layer, :]
+        fmask = features.mask[..., layer, :]
+        if features.per_sample:
+            enc = jax.vmap(lambda x, i: sae_lib.encode_features(sae_l, x, i))
+            df = enc(x_a, idx) - enc(x_c, idx)
+            w = sae_l.W_dec[idx]  # [B, K, D]
+            grad_f = jnp.einsum("btd,bkd->btk", g, w)
+            m = fmask[:, None, :]
+        else:
+            df = sae_lib.encode_features(sae_l, x_a, idx) - sae_lib.encode_features(sae_l, x_c, idx)
+            grad_f = jnp.einsum("btd,kd->btk", g, sae_l.W_dec[idx])
+            m = fmask[None, None, :]
+        scale = jnp.asarray(getattr(sae_l.cfg, "input_scale", 1.0), g.dtype)
+        return jnp.where(m, df * grad_f / scale, 0.0)
+
+    layers = jnp.arange(runs.x_clean.shape[0])
+    return jax.lax.map(one_layer, (layers, runs.x_clean, runs.x_ablated, result.grad))
+
+
+# ----------------------------------------------------------------------------- naive reference
+@struct.dataclass
+class _SAEInTheLoop:
+    """At every layer: f = enc(a); f_a = (1-alpha) f + alpha f_patch + delta_f;
+    e_a = (1-alpha)(a - dec(f)) + alpha e_patch; out = dec(f_a) + e_a."""
+
+    saes: object
+    alpha: jax.Array
+    f_patch: jax.Array  # [L, B, T, S]
+    e_patch: jax.Array  # [L, B, T, D]
+    delta_f: jax.Array  # [L, B, T, S]
+
+    def __call__(self, x, layer, ctx):
+        sae_l = sae_lib.sae_layer(self.saes, layer)
+        f = sae_lib.encode(sae_l, x)
+        f_a = (1 - self.alpha) * f + self.alpha * self.f_patch[layer] + self.delta_f[layer]
+        e_a = (1 - self.alpha) * (x - sae_lib.decode(sae_l, f)) + self.alpha * self.e_patch[layer]
+        return sae_lib.decode(sae_l, f_a) + e_a
+
+
+def la_ig_naive(
+    params,
+    cfg,
+    saes,
+    ids,
+    mask,
+    direction,
+    *,
+    refusal_token,
+    jailbreak_token=None,
+    n_steps=10,
+    alpha_rule="left",
+    error_mode="paper",
+):
+    """Reference LA-IG with the SAEs in the loop: returns per-token attributions [L,B,T,S]."""
+    ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+    runs = patched_runs(
+        params, cfg, ids, mask, direction, refusal_token, jailbreak_token, error_mode
+    )
+    enc = jax.vmap(sae_lib.encode)
+    dec = jax.vmap(sae_lib.decode)
+    f_clean = enc(saes, runs.x_clean)
+    f_patch = enc(saes, runs.x_ablated)
+    e_patch = runs.x_patch - dec(saes, f_patch)
+
+    @jax.jit
+    def grad_at(alpha):
+        def metric(delta_f):
+            patch = _SAEInTheLoop(saes, alpha, f_patch, e_patch, delta_f)
+            out = forward_fn(params, cfg, ids, mask, patch=patch)
+            return refusal_metric(out.logits, runs.jailbreak_token, runs.refusal_token)
+
+        return jax.grad(metric)(jnp.zeros_like(f_patch))
+
+    grads = [grad_at(jnp.float32(a)) for a in alpha_schedule(n_steps, alpha_rule)]
+    return (f_patch - f_clean) * (sum(grads) / len(grads))
+
+
+__all__ = [
+    "ERROR_MODES",
+    "Identity",
+    "LAIGResult",
+    "PatchedRuns",
+    "alpha_schedule",
+    "feature_attributions",
+    "la_ig",
+    "la_ig_naive",
+    "patched_runs",
+    "position_weights",
+    "refusal_metric",
+    "subset_attributions",
+]

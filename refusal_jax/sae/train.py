@@ -1,0 +1,589 @@
+"""Training SAEs with optax: JumpReLU (L0 + straight-through threshold), TopK / BatchTopK (AuxK),
+ReLU (L1), at one or many layers at once.
+
+Data come from an *activation source*: an object with ``n_layers``, ``d_in`` and
+``batch(step) -> [L, B, d_in]`` that is a pure function of (seed, step), so a resumed run sees
+exactly the batches an uninterrupted one would (:class:`ArraySource` for stored activations
+[N, d] or [L, N, d]; :class:`ModelSource` for resid_post streamed from the model, non-pad
+tokens only). All L layers train together: the train step is ``jax.vmap``-ed over a stacked
+layer axis (equal widths); train unequal widths with one call per layer.
+
+Inputs are scaled per layer by a constant s so that the mean norm is sqrt(d_in) (estimated on
+the first batches); the trained SAE is returned with s folded into its weights (input_scale 1).
+
+Losses, per token, on the scaled input x (reconstruction x_hat):
+- mse = mean_d (x_hat - x)^2 (so mse / var is the FVU).
+- jumprelu: + lambda_t * L0, L0 = sum_i H(pre_i - theta_i); the Heaviside H and the JumpReLU
+  get the rectangle-kernel pseudo-derivative in theta (bandwidth eps), as in Rajamanoharan et
+  al. (2024) / GemmaScope: d/dtheta JumpReLU = -(theta/eps) K((pre-theta)/eps),
+  d/dtheta H = -(1/eps) K((pre-theta)/eps), K(u) = 1[|u| < 1/2].
+- relu: + lambda_t * sum_i f_i ||W_dec,i||.
+- topk / batchtopk: + aux_coeff * AuxK (Gao et al. 2024): the top aux_k *dead* latents
+  reconstruct the residual x - x_hat, normalized by its variance.
+lambda_t warms up linearly over ``sparsity_warmup_steps``; the learning rate over
+``lr_warmup_steps``. Decoder rows stay unit norm (gradient parallel to each row removed, then
+renormalized after each step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from refusal_jax import sae as sae_lib
+from refusal_jax.core.losses import next_token_ce
+from refusal_jax.core.model import forward, forward_fn
+from refusal_jax.sae import SAE, SAEConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Static training hyperparameters (hashable)."""
+
+    architecture: str = "jumprelu"
+    d_sae: int = 1024
+    k: int | None = None
+    n_steps: int = 1000
+    lr: float = 3e-4
+    lr_warmup_steps: int = 100
+    lr_decay_fraction: float = 0.0  # linear decay to 0 over this final fraction of steps
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    grad_clip: float = 1.0
+    sparsity_coeff: float = 1e-3  # L0 (jumprelu) or L1 (relu) weight
+    sparsity_warmup_steps: int = 0
+    bandwidth: float = 0.05  # jumprelu pseudo-derivative width (in scaled pre-activation units)
+    init_threshold: float = 0.1
+    aux_k: int | None = None  # default min(d_in // 2, d_sae)
+    aux_coeff: float = 1 / 32
+    dead_steps: int = 100  # a latent is dead after this many steps without firing
+    apply_b_dec_to_input: bool | None = None  # default: False for jumprelu, True otherwise
+    normalize_input: bool = True
+    norm_batches: int = 4
+    batchtopk_momentum: float = 0.99
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.architecture not in sae_lib.ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}")
+        SAEConfig(self.architecture, 1, self.d_sae, k=self.k)  # validates k
+        if self.n_steps < 1 or self.lr <= 0 or self.bandwidth <= 0:
+            raise ValueError("n_steps, lr and bandwidth must be positive")
+
+    def sae_config(self, d_in: int) -> SAEConfig:
+        apply = self.apply_b_dec_to_input
+        if apply is None:
+            apply = self.architecture != "jumprelu"
+        return SAEConfig(self.architecture, d_in, self.d_sae, k=self.k, apply_b_dec_to_input=apply)
+
+
+# ----------------------------------------------------------------------------- sources
+def _epoch_index(seed: int, step: int, batch: int, n: int) -> np.ndarray:
+    """Indices of batch ``step``: consecutive slices of a per-epoch permutation of range(n)."""
+    start = step * batch
+    out = []
+    while len(out) < batch:
+        epoch, off = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.extend(perm[off : off + batch - len(out)].tolist())
+    return np.asarray(out)
+
+
+class ArraySource:
+    """Stored activations: ``acts`` [N, d] (one layer) or [L, N, d] (a stack of layers).
+
+    Batch ``step`` is a slice of a per-epoch random permutation (seeded by (seed, epoch)).
+    """
+
+    def __init__(self, acts, batch_size: int, seed: int = 0, layers=None):
+        acts = np.asarray(acts)
+        if acts.ndim == 2:
+            acts = acts[None]
+        if acts.ndim != 3 or acts.dtype.kind != "f":
+            raise ValueError(f"activations must be float [N, d] or [L, N, d], got {acts.shape}")
+        self.acts, self.batch_size, self.seed = acts, int(batch_size), int(seed)
+        self.n_layers, self.d_in = acts.shape[0], acts.shape[2]
+        self.layers = list(range(self.n_layers)) if layers is None else list(layers)
+
+    def batch(self, step: int) -> np.ndarray:
+        idx = _epoch_index(self.seed, step, self.batch_size, self.acts.shape[1])
+        return np.asarray(self.acts[:, idx], np.float32)
+
+
+class ModelSource:
+    """resid_post activations at ``layers``, computed from token batches with the model.
+
+    tokens: (ids [N, T], mask [N, T]) arrays of left-padded sequences, or a callable
+      ``step -> (ids, mask)`` that is a pure function of the step.
+    Each step runs the model on ``seqs_per_step`` sequences (per-epoch permutation), keeps the
+    non-pad tokens and draws ``batch_size`` of them (seeded by (seed, step)).
+    """
+
+    def __init__(
+        self,
+        params,
+        model_cfg,
+        tokens,
+        layers,
+        batch_size: int,
+        seqs_per_step: int = 8,
+        seed: int = 0,
+    ):
+
+        self._forward = forward
+        self.params, self.model_cfg = params, model_cfg
+        self.layers = [int(i) for i in layers]
+        for layer in self.layers:
+            if not 0 <= layer < model_cfg.n_layers:
+                raise ValueError(f"layer {layer} out of range for {model_cfg.n_layers} layers")
+        self.tokens, self.batch_size = tokens, int(batch_size)
+        self.seqs_per_step, self.seed = int(seqs_per_step), int(seed)
+        self.n_layers, self.d_in = len(self.layers), model_cfg.d_model
+
+    def token_batch(self, step: int):
+        if callable(self.tokens):
+            return self.tokens(step)
+        ids, mask = (np.asarray(a) for a in self.tokens)
+        idx = _epoch_index(self.seed, step, self.seqs_per_step, ids.shape[0])
+        return ids[idx], mask[idx]
+
+    def batch(self, step: int) -> np.ndarray:
+        ids, mask = self.token_batch(step)
+        out = self._forward(
+            self.params, self.model_cfg, jnp.asarray(ids), jnp.asarray(mask), return_residuals=True
+        )
+        resid = np.asarray(out.resid_post[np.asarray(self.layers)], np.float32)  # [L, b, T, d]
+        valid = np.flatnonzero(np.asarray(mask).reshape(-1).astype(bool))
+        if valid.size == 0:
+            raise ValueError(f"step {step}: token batch has no non-pad tokens")
+        rng = np.random.default_rng([self.seed, step, 1])
+        pick = rng.choice(valid, self.batch_size, replace=valid.size < self.batch_size)
+        return resid.reshape(self.n_layers, -1, self.d_in)[:, pick]
+
+
+# ----------------------------------------------------------------------------- JumpReLU STE
+def _rect(u):
+    return (jnp.abs(u) < 0.5).astype(u.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def jumprelu_ste(pre, threshold, bandwidth: float):
+    """pre * (pre > threshold) with the rectangle-kernel pseudo-derivative in threshold."""
+    return pre * (pre > threshold)
+
+
+def _jumprelu_fwd(pre, threshold, bandwidth):
+    return jumprelu_ste(pre, threshold, bandwidth), (pre, threshold)
+
+
+def _jumprelu_bwd(bandwidth, res, g):
+    pre, thr = res
+    g_pre = g * (pre > thr)
+    g_thr = -(thr / bandwidth) * _rect((pre - thr) / bandwidth) * g
+    return g_pre, _sum_to(g_thr, thr.shape)
+
+
+jumprelu_ste.defvjp(_jumprelu_fwd, _jumprelu_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def step_ste(pre, threshold, bandwidth: float):
+    """Heaviside H(pre - threshold) with the rectangle-kernel pseudo-derivative in threshold."""
+    return (pre > threshold).astype(pre.dtype)
+
+
+def _step_fwd(pre, threshold, bandwidth):
+    return step_ste(pre, threshold, bandwidth), (pre, threshold)
+
+
+def _step_bwd(bandwidth, res, g):
+    pre, thr = res
+    g_thr = -(1.0 / bandwidth) * _rect((pre - thr) / bandwidth) * g
+    return jnp.zeros_like(pre), _sum_to(g_thr, thr.shape)
+
+
+step_ste.defvjp(_step_fwd, _step_bwd)
+
+
+def _sum_to(x, shape):
+    return x.reshape((-1,) + tuple(shape)).sum(0)
+
+
+# ----------------------------------------------------------------------------- train state
+@struct.dataclass
+class LayerState:
+    """Training state of one layer's SAE (stacked over layers during training).
+
+    sae: the SAE on scaled inputs (input_scale 1); opt_state: optax state;
+    since_fired [d_sae] int32: steps since each latent last fired; scale: the input scale s.
+    """
+
+    sae: SAE
+    opt_state: object
+    since_fired: jax.Array
+    scale: jax.Array
+
+
+class StepMetrics(NamedTuple):
+    loss: jax.Array
+    mse: jax.Array
+    fvu: jax.Array
+    l0: jax.Array
+    aux: jax.Array
+    dead_fraction: jax.Array
+
+
+def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
+    decay_start = int(tcfg.n_steps * (1 - tcfg.lr_decay_fraction))
+
+    def schedule(count):
+        warm = jnp.minimum(1.0, (count + 1) / max(tcfg.lr_warmup_steps, 1))
+        decay_len = max(tcfg.n_steps - decay_start, 1)
+        decay = jnp.clip((tcfg.n_steps - count) / decay_len, 0.0, 1.0)
+        decay = jnp.where(count < decay_start, 1.0, decay)
+        return tcfg.lr * warm * decay
+
+    return optax.chain(
+        optax.clip_by_global_norm(tcfg.grad_clip),
+        optax.adam(schedule, b1=tcfg.adam_b1, b2=tcfg.adam_b2),
+    )
+
+
+def _unit_rows(w):
+    return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-8)
+
+
+def init_layer(key, tcfg: TrainConfig, x0, scale) -> LayerState:
+    """One layer's initial state. x0 [B, d]: a first (unscaled) batch; b_dec starts at its mean.
+
+    Decoder rows random unit vectors; W_enc = W_dec^T; b_enc = 0; threshold = init_threshold.
+    """
+    d_in = x0.shape[-1]
+    cfg = tcfg.sae_config(d_in)
+    w_dec = _unit_rows(jax.random.normal(key, (tcfg.d_sae, d_in)))
+    thr = tcfg.init_threshold if tcfg.architecture == "jumprelu" else 0.0
+    sae = SAE(
+        W_enc=w_dec.T,
+        b_enc=jnp.zeros((tcfg.d_sae,)),
+        W_dec=w_dec,
+        b_dec=jnp.mean(x0 * scale, axis=0),
+        threshold=jnp.full((tcfg.d_sae,), thr, jnp.float32),
+        cfg=cfg,
+    )
+    opt_state = make_optimizer(tcfg).init(sae)
+    return LayerState(sae, opt_state, jnp.zeros((tcfg.d_sae,), jnp.int32), jnp.float32(scale))
+
+
+def _loss(sae: SAE, x, tcfg: TrainConfig, coeff, dead):
+    """Loss on scaled inputs x [B, d]; returns (loss, (metrics parts, f))."""
+    pre = sae_lib.encode_pre(sae, x)
+    arch = tcfg.architecture
+    sparsity = jnp.float32(0.0)
+    if arch == "jumprelu":
+        thr = sae.threshold
+        f = jumprelu_ste(pre, thr, tcfg.bandwidth)
+        sparsity = coeff * step_ste(pre, thr, tcfg.bandwidth).sum(-1).mean()
+    elif arch == "relu":
+        f = jax.nn.relu(pre)
+        sparsity = coeff * (f * jnp.linalg.norm(sae.W_dec, axis=-1)).sum(-1).mean()
+    elif arch == "topk":
+        f = sae_lib.activation(sae, pre)
+    else:
+        f = sae_lib.batchtopk_train(pre, tcfg.k)
+    x_hat = sae_lib.decode(sae, f)
+    err = x_hat - x
+    mse = jnp.mean(err**2)
+    aux = jnp.float32(0.0)
+    if arch in ("topk", "batchtopk"):
+        aux_k = min(tcfg.aux_k or max(x.shape[-1] // 2, 1), tcfg.d_sae)
+        resid = jax.lax.stop_gradient(-err)
+        dead_pre = jnp.where(dead, jax.nn.relu(pre), 0.0)
+        f_aux = sae_lib.topk_mask(dead_pre, aux_k)
+        e_hat = f_aux @ sae.W_dec
+        var = jnp.sum((resid - resid.mean(0)) ** 2, -1).mean()
+        aux_raw = jnp.sum((e_hat - resid) ** 2, -1).mean() / jnp.maximum(var, 1e-8)
+        aux = jnp.where(dead.any(), aux_raw, 0.0)
+    loss = mse + sparsity + tcfg.aux_coeff * aux
+    return loss, (mse, aux, f)
+
+
+def _layer_step(state: LayerState, x, step, tcfg: TrainConfig):
+    """One optimizer step for one layer on an unscaled batch x [B, d]."""
+    x = x * state.scale
+    warm = jnp.minimum(1.0, (step + 1) / max(tcfg.sparsity_warmup_steps, 1))
+    coeff = tcfg.sparsity_coeff * warm
+    dead = state.since_fired >= tcfg.dead_steps
+    (loss, (mse, aux, f)), grads = jax.value_and_grad(_loss, has_aux=True)(
+        state.sae, x, tcfg, coeff, dead
+    )
+    w = state.sae.W_dec
+    g_par = jnp.sum(grads.W_dec * w, axis=-1, keepdims=True) * w
+    grads = grads.replace(W_dec=grads.W_dec - g_par)
+    if tcfg.architecture != "jumprelu":
+        grads = grads.replace(threshold=jnp.zeros_like(grads.threshold))
+    updates, opt_state = make_optimizer(tcfg).update(grads, state.opt_state, state.sae)
+    sae = optax.apply_updates(state.sae, updates)
+    sae = sae.replace(W_dec=_unit_rows(sae.W_dec))
+    if tcfg.architecture == "jumprelu":
+        sae = sae.replace(threshold=jnp.maximum(sae.threshold, 0.0))
+    elif tcfg.architecture == "batchtopk":
+        kept_min = jnp.min(jnp.where(f > 0, f, jnp.inf))
+        kept_min = jnp.where(jnp.isfinite(kept_min), kept_min, state.sae.threshold[0])
+        m = tcfg.batchtopk_momentum
+        first = step == 0
+        new = jnp.where(first, kept_min, m * state.sae.threshold[0] + (1 - m) * kept_min)
+        sae = sae.replace(threshold=jnp.full_like(sae.threshold, new))
+    fired = (f > 0).any(0)
+    since = jnp.where(fired, 0, state.since_fired + 1)
+    var = jnp.mean(jnp.sum((x - x.mean(0)) ** 2, -1))
+    fvu = jnp.mean(jnp.sum((sae_lib.decode(state.sae, f) - x) ** 2, -1)) / var
+    metrics = StepMetrics(
+        loss=loss,
+        mse=mse,
+        fvu=fvu,
+        l0=(f > 0).sum(-1).mean(),
+        aux=aux,
+        dead_fraction=(since >= tcfg.dead_steps).mean(),
+    )
+    return LayerState(sae, opt_state, since, state.scale), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("tcfg",), donate_argnums=(0,))
+def train_step(states: LayerState, x, step, tcfg: TrainConfig):
+    """One step for all layers: states stacked [L, ...], x [L, B, d] unscaled, step int32."""
+    return jax.vmap(_layer_step, in_axes=(0, 0, None, None))(states, x, step, tcfg)
+
+
+# ----------------------------------------------------------------------------- loop
+class TrainingInterrupted(Exception):
+    """Raised by :func:`train_sae` when ``stop_after`` steps are done (checkpoint saved)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training stopped after step {step} (checkpoint saved)")
+        self.step = step
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """saes: one trained SAE per source layer (input scale folded in); layers: their model
+    layer indices; history: logged metrics per step (per layer lists); state: final stacked
+    training state."""
+
+    saes: list
+    layers: list
+    history: list
+    state: LayerState
+
+    def sae_set(self) -> dict:
+        return dict(zip(self.layers, self.saes))
+
+
+def init_states(source, tcfg: TrainConfig) -> LayerState:
+    """Stacked initial states [L, ...]; the input scale per layer from the first batches."""
+    batches = [np.asarray(source.batch(i), np.float32) for i in range(tcfg.norm_batches)]
+    acts = np.concatenate(batches, axis=1)  # [L, n, d]
+    if tcfg.normalize_input:
+        mean_norm = np.linalg.norm(acts, axis=-1).mean(-1)
+        scale = math.sqrt(source.d_in) / np.maximum(mean_norm, 1e-12)
+    else:
+        scale = np.ones(source.n_layers)
+    keys = jax.random.split(jax.random.PRNGKey(tcfg.seed), source.n_layers)
+    states = [
+        init_layer(keys[i], tcfg, jnp.asarray(batches[0][i]), float(scale[i]))
+        for i in range(source.n_layers)
+    ]
+    return jax.tree.map(lambda *a: jnp.stack(a), *states)
+
+
+def warm_start(states: LayerState, saes: SAE) -> LayerState:
+    """``states`` with SAEs that compute the same function as ``saes`` (stacked [L, ...], e.g.
+    loaded from disk with :func:`refusal_jax.study.runs.load_saes`), moved into the training's
+    scaled input space; optimizer state and firing counters stay fresh.
+
+    Fine-tuning from trained SAEs (:func:`train_sae` ``init=``) keeps their features' identities
+    while lowering the reconstruction error. The layer count, d_in and width must match."""
+    want = (states.scale.shape[0],) + tuple(states.sae.W_dec.shape[1:])
+    got = tuple(saes.W_dec.shape)
+    if got != want:
+        raise ValueError(f"warm start: SAEs of shape {got} (layers, d_sae, d_in), training {want}")
+    if saes.cfg.input_scale != 1.0:
+        saes = sae_lib.fold_input_scale(saes)
+    s = states.scale.astype(jnp.float32)
+    # exported = (W_enc * s, W_dec / s, b_dec / s) of the training SAE (see export_saes)
+    w_enc = saes.W_enc / s[:, None, None]
+    w_dec = saes.W_dec * s[:, None, None]
+    b_dec = saes.b_dec * s[:, None]
+    b_enc = saes.b_enc
+    uses_b_dec = lambda cfg: bool(cfg.apply_b_dec_to_input)
+    if uses_b_dec(states.sae.cfg) and not uses_b_dec(saes.cfg):
+        b_enc = b_enc + jnp.einsum("ld,lds->ls", b_dec, w_enc)
+    elif uses_b_dec(saes.cfg) and not uses_b_dec(states.sae.cfg):
+        b_enc = b_enc - jnp.einsum("ld,lds->ls", b_dec, w_enc)
+    sae = states.sae.replace(
+        W_enc=w_enc, b_enc=b_enc, W_dec=w_dec, b_dec=b_dec, threshold=saes.threshold
+    )
+    return states.replace(sae=jax.tree.map(lambda a: a.astype(jnp.float32), sae))
+
+
+def export_saes(states: LayerState) -> list[SAE]:
+    """Trained SAEs (one per stacked layer), scale folded into the weights (input_scale 1)."""
+    out = []
+    for i in range(states.scale.shape[0]):
+        sae = sae_lib.sae_layer(states.sae, i)
+        cfg = dataclasses.replace(sae.cfg, input_scale=float(states.scale[i]), normalization=None)
+        out.append(sae_lib.fold_input_scale(sae.replace(cfg=cfg)))
+    return out
+
+
+def _manager(ckpt_dir, keep: int = 2):
+    import orbax.checkpoint as ocp
+
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=opts)
+
+
+def _check_config(ckpt_dir: Path, tcfg: TrainConfig, source, init=None) -> None:
+    info = {"train_config": dataclasses.asdict(tcfg), "d_in": source.d_in}
+    info["n_layers"] = source.n_layers
+    if init is not None:  # a fingerprint of the warm-start SAEs
+        info["init"] = [float(np.asarray(init.W_dec, np.float64).sum()), list(init.W_dec.shape)]
+    path = ckpt_dir / "train_config.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != json.loads(json.dumps(info)):
+            raise ValueError(
+                f"{ckpt_dir} holds a run with a different configuration: {saved} vs {info}; "
+                "use a new checkpoint folder"
+            )
+    else:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(info, indent=2))
+
+
+def train_sae(
+    source,
+    tcfg: TrainConfig,
+    ckpt_dir=None,
+    checkpoint_every: int = 100,
+    stop_after: int | None = None,
+    log_every: int = 10,
+    progress: bool = True,
+    init: SAE | None = None,
+) -> TrainResult:
+    """Train one SAE per source layer (all layers in one vmapped step).
+
+    With ``ckpt_dir`` the state is checkpointed (orbax) every ``checkpoint_every`` steps, on
+    KeyboardInterrupt and at the end, and a run restarted with the same folder resumes from the
+    latest checkpoint; because batches and initialization depend only on (seed, step), the
+    result equals an uninterrupted run's. ``stop_after=n`` simulates a kill: after step n the
+    state is saved and :class:`TrainingInterrupted` is raised. ``init``: stacked SAEs to start
+    from (fine-tuning, see :func:`warm_start`) instead of a random initialization.
+    """
+    from tqdm.auto import tqdm
+
+    states = init_states(source, tcfg)
+    if init is not None:
+        states = warm_start(states, init)
+    start, mngr = 0, None
+    if ckpt_dir is not None:
+        import orbax.checkpoint as ocp
+
+        ckpt_dir = Path(ckpt_dir)
+        _check_config(ckpt_dir, tcfg, source, init)
+        mngr = _manager(ckpt_dir)
+        latest = mngr.latest_step()
+        if latest is not None:
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, states)
+            states = mngr.restore(latest, args=ocp.args.StandardRestore(abstract))
+            start = int(latest)
+
+    def save(step):
+        if mngr is not None:
+            import orbax.checkpoint as ocp
+
+            if mngr.latest_step() != step:
+                mngr.save(step, args=ocp.args.StandardSave(states))
+            mngr.wait_until_finished()
+
+    history = []
+    bar = tqdm(range(start, tcfg.n_steps), initial=start, total=tcfg.n_steps, disable=not progress)
+    done = start  # finished steps, the step count of ``states``
+    try:
+        for step in bar:
+            x = jnp.asarray(source.batch(step), jnp.float32)
+            (states, m), done = train_step(states, x, jnp.int32(step), tcfg), step + 1
+            if done % log_every == 0 or done == tcfg.n_steps:
+                rec = {"step": done, **{k: np.asarray(v).tolist() for k, v in m._asdict().items()}}
+                history.append(rec)
+                bar.set_postfix(
+                    fvu=f"{np.mean(rec['fvu']):.3f}",
+                    l0=f"{np.mean(rec['l0']):.1f}",
+                    dead=f"{np.mean(rec['dead_fraction']):.2f}",
+                )
+            if done % checkpoint_every == 0:
+                save(done)
+            if stop_after is not None and done >= stop_after and done < tcfg.n_steps:
+                save(done)
+                raise TrainingInterrupted(done)
+    except KeyboardInterrupt:
+        save(done)
+        raise
+    finally:
+        bar.close()
+    save(tcfg.n_steps)
+    if mngr is not None:
+        mngr.close()
+    layers = getattr(source, "layers", list(range(source.n_layers)))
+    return TrainResult(export_saes(states), list(layers), history, states)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@jax.jit
+def reconstruction_metrics(sae: SAE, x):
+    """FVU, mean L0 and fraction of latents that never fire on x [N, d_in] (inference encode)."""
+    f = sae_lib.encode(sae, x)
+    x_hat = sae_lib.decode(sae, f)
+    var = jnp.sum((x - x.mean(0)) ** 2)
+    return {
+        "fvu": jnp.sum((x_hat - x) ** 2) / var,
+        "l0": (f > 0).sum(-1).mean(),
+        "dead_fraction": 1.0 - (f > 0).any(0).mean(),
+    }
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg",))
+def _ce_three_ways(params, model_cfg, patch, zero_patch, ids, mask):
+
+    w = mask[:, 1:] * mask[:, :-1]  # both the context and the target are real tokens
+    ce = lambda p: next_token_ce(forward_fn(params, model_cfg, ids, mask, p).logits, ids, w)
+    return ce(None), ce(patch), ce(zero_patch)
+
+
+def ce_loss_recovered(params, model_cfg, sae: SAE, layer: int, ids, mask) -> dict:
+    """CE loss with the SAE spliced into resid_post of ``layer`` (error term removed).
+
+    Returns ce_clean, ce_spliced, ce_zero (resid_post zeroed at that layer) and
+    recovered = (ce_zero - ce_spliced) / (ce_zero - ce_clean).
+    """
+    patch = sae_lib.splice_patch({int(layer): sae}, model_cfg.n_layers)
+    zero = sae_lib.ZeroAblate(patch.layer_mask)
+    ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+    clean, spliced, zeroed = (
+        float(v) for v in _ce_three_ways(params, model_cfg, patch, zero, ids, mask)
+    )
+    return {
+        "ce_clean": clean,
+        "ce_spliced": spliced,
+        "ce_zero": zeroed,
+        "recovered": (zeroed - spliced) / (zeroed - clean),
+    }

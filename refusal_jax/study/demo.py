@@ -1,0 +1,65 @@
+"""The main job (``refusal-jax demo``): the paper's pipeline on the embedded model organism, or on
+a converted real model with its SAEs and the refusal_direction data.
+
+Writes a run folder ``<out>/demo-seed<seed>-<time>`` with ``report.json``, ``report.md``,
+``rates.png`` and ``attribution_by_layer.png``; the same seed gives the same report (up to the
+runtime field).
+"""
+
+from __future__ import annotations
+
+from refusal_jax.study.pipeline import PipelineConfig, PromptData, run_pipeline
+from refusal_jax.study.runs import new_run_folder
+from refusal_jax.study.subject import PromptSource, Subject
+
+
+def demo_prompts(source: PromptSource, n_train: int, n_test: int, eval_set: str) -> PromptData:
+    """Train prompts (harmful/harmless train splits) and held-out test prompts (the eval set,
+    harmless test split); on the organism its plain requests."""
+    return PromptData(
+        harmful_train=source.split("harmful_train", n_train),
+        harmless_train=source.split("harmless_train", n_train),
+        harmful_test=source.eval_set(eval_set, n_test),
+        harmless_test=source.split("harmless_test", n_test),
+    )
+
+
+def run_demo(
+    subject: Subject,
+    *,
+    out="runs",
+    seed: int = 0,
+    n_train: int = 64,
+    n_test: int = 64,
+    eval_set: str = "harmbench_test",
+    best_layer: int | None = None,
+    n_steps: int = 10,
+    n_features: int = 20,
+    n_candidates: int | None = None,
+    clamp_value: float | None = None,
+    max_new_tokens: int = 24,
+    progress: bool = True,
+) -> tuple[dict, object]:
+    """The pipeline on ``subject`` with the subject's defaults where a setting is None; returns
+    (report, run folder)."""
+    data = demo_prompts(subject.prompts(seed), n_train, n_test, eval_set)
+    pc = PipelineConfig(
+        best_layer=best_layer,
+        n_steps=n_steps,
+        n_features=n_features,
+        n_candidates=subject.n_candidates if n_candidates is None else n_candidates,
+        clamp_value=subject.clamp_value if clamp_value is None else clamp_value,
+        compliance_prefixes=subject.compliance_prefixes,
+        skip_positions=subject.skip_positions,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
+    folder = new_run_folder(out, "demo", seed)
+    report = run_pipeline(
+        subject.params, subject.cfg, subject.tokenizer, subject.saes, data, pc, folder,
+        progress=progress,
+    )  # fmt: skip
+    return report, folder
+
+
+__all__ = ["demo_prompts", "run_demo"]

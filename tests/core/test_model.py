@@ -1,0 +1,259 @@
+"""Model core behaviour without torch: patches, KV-cache generation vs a cache-free reference,
+checkpoint round trips and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from ports.hf import load_hf, save_hf
+from ports.loading import load_model
+from ports.safetensors_io import CheckpointError, load_file, save_file
+from refusal_jax.core.config import UnsupportedConfigError, config_from_hf, gemma2_config
+from refusal_jax.core.model import forward, generate, init_params
+from refusal_jax.core.patches import AddVector, Compose, Identity, PromptOnly, add_at_layers
+
+CFG = gemma2_config(
+    vocab_size=64,
+    d_model=32,
+    n_layers=4,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=8,
+    d_mlp=64,
+    sliding_window=6,
+    eos_token_ids=(1,),
+)
+
+
+@pytest.fixture(scope="module")
+def params():
+    p = init_params(CFG, jax.random.PRNGKey(0), scale=0.3)
+    return jax.tree.map(lambda x: x, p) | {"embed": p["embed"] * 0.2}
+
+
+def _batch(seed=0, b=3, t=10, pads=(0, 3, 6)):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, CFG.vocab_size, size=(b, t))
+    mask = np.ones_like(ids)
+    for row, n in enumerate(pads):
+        ids[row, :n], mask[row, :n] = 0, 0
+    return jnp.asarray(ids), jnp.asarray(mask)
+
+
+def test_identity_patch_is_no_patch(params):
+    ids, mask = _batch()
+    a = forward(params, CFG, ids, mask)
+    b = forward(params, CFG, ids, mask, patch=Compose((Identity(), Identity())))
+    np.testing.assert_array_equal(np.asarray(a.logits), np.asarray(b.logits))
+
+
+def test_add_vector_patch_edits_exactly_the_chosen_layer(params):
+    ids, mask = _batch()
+    v = jax.random.normal(jax.random.PRNGKey(1), (CFG.d_model,))
+    clean = forward(params, CFG, ids, mask, return_residuals=True)
+    steered = forward(
+        params,
+        CFG,
+        ids,
+        mask,
+        patch=add_at_layers(v, [2], CFG.n_layers, 3.0),
+        return_residuals=True,
+    )
+    # Layers before 2 are untouched; layer 2's output is shifted by exactly 3 v.
+    np.testing.assert_allclose(steered.resid_post[:2], clean.resid_post[:2], atol=1e-6)
+    np.testing.assert_allclose(
+        steered.resid_post[2] - clean.resid_post[2],
+        np.broadcast_to(3.0 * v, clean.resid_post[2].shape),
+        atol=1e-5,
+    )
+    assert np.abs(np.asarray(steered.logits - clean.logits)).max() > 1e-2
+    # resid_pre of layer 3 is the patched resid_post of layer 2.
+    np.testing.assert_array_equal(
+        np.asarray(steered.resid_pre[3]), np.asarray(steered.resid_post[2])
+    )
+
+
+def test_per_sample_coefficients_and_composition(params):
+    ids, mask = _batch()
+    v = jax.random.normal(jax.random.PRNGKey(2), (CFG.d_model,))
+    single = add_at_layers(v, [1], CFG.n_layers, 1.0)
+    per_sample = single.replace(coeff=jnp.array([0.0, 1.0, 2.0]))
+    out = forward(params, CFG, ids, mask, patch=per_sample, return_residuals=True)
+    clean = forward(params, CFG, ids, mask, return_residuals=True)
+    np.testing.assert_allclose(out.resid_post[1, 0], clean.resid_post[1, 0], atol=1e-6)
+    twice = forward(params, CFG, ids, mask, patch=Compose((single, single)), return_residuals=True)
+    doubled = forward(
+        params, CFG, ids, mask, patch=single.replace(coeff=jnp.float32(2.0)), return_residuals=True
+    )
+    np.testing.assert_allclose(twice.resid_post, doubled.resid_post, atol=1e-5)
+    np.testing.assert_allclose(out.resid_post[:, 2], doubled.resid_post[:, 2], atol=1e-5)
+
+
+def _reference_greedy(params, ids, mask, n, patch_fn):
+    """Cache-free greedy decoding: a full forward over the growing sequence at every step."""
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    out = []
+    for _ in range(n):
+        logits = forward(
+            params, CFG, jnp.asarray(ids), jnp.asarray(mask), patch=patch_fn(ids.shape[1])
+        ).logits
+        nxt = np.asarray(jnp.argmax(logits[:, -1], -1))
+        out.append(nxt)
+        ids = np.concatenate([ids, nxt[:, None]], 1)
+        mask = np.concatenate([mask, np.ones_like(nxt)[:, None]], 1)
+    return np.stack(out, 1)
+
+
+@struct.dataclass
+class _AddBeforeSlot:
+    """Reference for prompt-only patching in a cache-free forward: add v at slots < limit."""
+
+    inner: AddVector
+    limit: int = struct.field(pytree_node=False)
+
+    def __call__(self, x, layer, ctx):
+        slots = jnp.arange(x.shape[1])[None, :, None]
+        return jnp.where(slots < self.limit, self.inner(x, layer, ctx), x)
+
+
+@pytest.mark.parametrize("prompt_only", [False, True])
+def test_kv_cache_generation_matches_cache_free_reference(params, prompt_only):
+    ids, mask = _batch(seed=5)
+    v = 2.0 * jax.random.normal(jax.random.PRNGKey(3), (CFG.d_model,))
+    steer = add_at_layers(v, [1, 2], CFG.n_layers)
+    n = 12  # prompt 10 + 12 new > sliding window 6: the window applies in the cache too
+    got = generate(
+        params,
+        CFG,
+        ids,
+        mask,
+        max_new_tokens=n,
+        patch=steer,
+        patch_prompt_only=prompt_only,
+        eos_token_ids=(),
+    )
+    t = ids.shape[1]
+    ref = _reference_greedy(
+        params,
+        ids,
+        mask,
+        n,
+        (lambda length: _AddBeforeSlot(steer, t)) if prompt_only else (lambda length: steer),
+    )
+    np.testing.assert_array_equal(np.asarray(got.tokens), ref)
+    plain = generate(params, CFG, ids, mask, max_new_tokens=n, eos_token_ids=())
+    assert (np.asarray(plain.tokens) != ref).any(), "the patch should change the continuation"
+
+
+def test_prompt_only_wrapper_equals_generate_flag(params):
+    ids, mask = _batch(seed=6)
+    steer = add_at_layers(jnp.ones((CFG.d_model,)), [0], CFG.n_layers, 2.0)
+    a = generate(params, CFG, ids, mask, max_new_tokens=6, patch=steer, patch_prompt_only=True)
+    b = generate(params, CFG, ids, mask, max_new_tokens=6, patch=PromptOnly(steer))
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+
+
+def test_generation_stops_per_sequence(params):
+    ids, mask = _batch(seed=7)
+    free = np.asarray(generate(params, CFG, ids, mask, max_new_tokens=8, eos_token_ids=()).tokens)
+    eos = int(free[1, 2])
+    out = generate(params, CFG, ids, mask, max_new_tokens=8, eos_token_ids=(eos,), pad_token_id=0)
+    toks = np.asarray(out.tokens)
+    for row in range(3):
+        hits = np.flatnonzero(free[row] == eos)
+        stop = hits[0] + 1 if len(hits) else 8
+        np.testing.assert_array_equal(toks[row, :stop], free[row, :stop])
+        assert (toks[row, stop:] == 0).all() and int(out.lengths[row]) == stop
+
+
+def test_prompt_longer_than_context_is_refused(params):
+    ids, mask = _batch()
+    small = CFG.replace(max_position_embeddings=16)
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        generate(params, small, ids, mask, max_new_tokens=10)
+
+
+def test_hf_folder_and_orbax_round_trip(params, tmp_path):
+    save_hf(params, CFG, tmp_path / "hf")
+    cfg2, p2 = load_hf(tmp_path / "hf")
+    assert cfg2 == CFG
+    from ports.hf import main as convert
+
+    convert(["--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "conv")])
+    cfg3, p3 = load_model(tmp_path / "conv")
+    assert cfg3 == CFG
+    ids, mask = _batch()
+    ref = forward(params, CFG, ids, mask).logits
+    for p in (p2, p3):
+        np.testing.assert_array_equal(
+            np.asarray(forward(p, CFG, ids, mask).logits), np.asarray(ref)
+        )
+
+
+def test_bfloat16_checkpoint_loads(params, tmp_path):
+    import ml_dtypes
+
+    save_hf(params, CFG, tmp_path)
+    tensors = {
+        k: np.asarray(v).astype(ml_dtypes.bfloat16)
+        for k, v in load_file(tmp_path / "model.safetensors").items()
+    }
+    save_file(tensors, tmp_path / "model.safetensors")
+    _, p = load_hf(tmp_path, dtype=jnp.bfloat16)
+    assert p["embed"].dtype == jnp.bfloat16
+    _, p32 = load_hf(tmp_path, dtype=jnp.float32)
+    np.testing.assert_array_equal(
+        np.asarray(p32["embed"]),
+        np.asarray(params["embed"]).astype(ml_dtypes.bfloat16).astype(np.float32),
+    )
+
+
+def test_sharded_checkpoint_loads(params, tmp_path):
+    save_hf(params, CFG, tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    names = sorted(tensors)
+    half = len(names) // 2
+    shards = {
+        "model-00001-of-00002.safetensors": names[:half],
+        "model-00002-of-00002.safetensors": names[half:],
+    }
+    for fname, keys in shards.items():
+        save_file({k: np.asarray(tensors[k]) for k in keys}, tmp_path / fname)
+    (tmp_path / "model.safetensors").unlink()
+    index = {"weight_map": {k: f for f, ks in shards.items() for k in ks}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    _, p = load_hf(tmp_path)
+    np.testing.assert_array_equal(np.asarray(p["layers"]["q"]), np.asarray(params["layers"]["q"]))
+
+
+def test_clear_errors_for_bad_checkpoints(params, tmp_path):
+    save_hf(params, CFG, tmp_path)
+    tensors = {k: np.asarray(v) for k, v in load_file(tmp_path / "model.safetensors").items()}
+    bad = dict(tensors)
+    bad["model.layers.1.self_attn.k_proj.weight"] = np.zeros((8, 32), np.float32)
+    save_file(bad, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"k_proj.*\(8, 32\).*\(16, 32\)"):
+        load_hf(tmp_path)
+    missing = dict(tensors)
+    del missing["model.layers.3.mlp.down_proj.weight"]
+    save_file(missing, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="missing tensor 'model.layers.3.mlp.down_proj"):
+        load_hf(tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    with pytest.raises(UnsupportedConfigError, match="unknown model_type 'mistral'"):
+        config_from_hf(hf | {"model_type": "mistral"})
+    with pytest.raises(UnsupportedConfigError, match="rope_type='yarn'"):
+        config_from_hf(hf | {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    with pytest.raises(UnsupportedConfigError, match="use_sliding_window"):
+        config_from_hf(
+            hf | {"model_type": "qwen2", "hidden_act": "silu", "use_sliding_window": True}
+        )
+    (tmp_path / "model.safetensors").write_bytes(b"\x01")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_hf(tmp_path)

@@ -1,0 +1,36 @@
+"""experiments/calibrate.py on the organism (reduced): grid structure and choice rule."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from refusal_jax.organism import ARTIFACTS, MODEL_DIR
+from refusal_jax.study.subject import ORGANISM_METHOD
+from tests.support.paths import EXPERIMENTS
+
+SCRIPT = EXPERIMENTS / "calibrate.py"
+
+
+@pytest.mark.skipif(
+    not (MODEL_DIR / "config.json").exists() or not (ARTIFACTS / "saes").exists(),
+    reason="organism artifacts missing",
+)
+def test_calibrate_grid_on_the_organism(tmp_path):
+    spec = importlib.util.spec_from_file_location("exp_calibrate", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--out", str(tmp_path), "--n-train", "24", "--n-val", "24",
+                    "--clamp-values", "0,-0.5", "--candidates", "10,40", "--quiet"])  # fmt: skip
+    folder = next(tmp_path.iterdir())
+    assert json.loads((folder / "results.json").read_text())["best"] == res["best"]
+    assert (folder / "calibration.png").stat().st_size > 0
+    cells = {(g["n_candidates"], g["clamp_value"]) for g in res["grid"]}
+    assert cells == {(10, 0.0), (10, -0.5), (40, 0.0), (40, -0.5)}
+    score = lambda g: g["jailbreak_rate"] - g["harmless_refusal_rate"]
+    assert score(res["best"]) == max(score(g) for g in res["grid"])
+    # the organism's committed defaults (F0 40, c = -0.5) are what this grid picks
+    best = (res["best"]["n_candidates"], res["best"]["clamp_value"])
+    assert best == (ORGANISM_METHOD["n_candidates"], ORGANISM_METHOD["clamp_value"]) == (40, -0.5)

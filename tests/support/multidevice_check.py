@@ -1,0 +1,132 @@
+"""Sharded vs single-device results on 8 fake CPU devices (run by tests/test_multidevice.py in a
+subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8; prints one JSON line).
+
+For each layout (data x model) = 8x1 (data parallel), 2x4 (both), 1x8 (tensor parallel): the
+model is loaded sharded from an HF folder (ports.hf.load_hf(mesh=)), SAEs are split over their
+width, prompts over the data axis; forward logits, greedy generation, LA-IG attributions, SAE
+encode and a sweep are compared with the same computations on one device.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from ports.hf import load_hf, save_hf  # noqa: E402
+from ports.loading import load_model  # noqa: E402
+from refusal_jax import sae as sae_lib  # noqa: E402
+from refusal_jax.core.checkpoint import save_model
+from refusal_jax.core.config import gemma2_config  # noqa: E402
+from refusal_jax.core.model import forward, generate, init_params  # noqa: E402
+from refusal_jax.core.sharding import make_mesh, shard_batch, shard_saes  # noqa: E402
+from refusal_jax.method.laig import feature_attributions, la_ig, position_weights  # noqa: E402
+from refusal_jax.study.sweep import SweepConfig, run_sweep  # noqa: E402
+
+CFG = gemma2_config(
+    vocab_size=64, d_model=32, n_layers=3, n_heads=8, n_kv_heads=4, head_dim=8, d_mlp=64,
+    sliding_window=6, eos_token_ids=(1,),
+)  # fmt: skip
+D_SAE = 64
+
+
+def main() -> None:
+    assert len(jax.devices()) == 8, jax.devices()
+    one = jax.devices()[0]
+    params = init_params(CFG, jax.random.PRNGKey(0), scale=0.3)
+    params = params | {"embed": params["embed"] * 0.2}
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    w = jax.random.normal(k1, (CFG.n_layers, D_SAE, CFG.d_model))
+    w = w / jnp.linalg.norm(w, axis=-1, keepdims=True)
+    saes = sae_lib.SAE(
+        W_enc=jnp.swapaxes(w, 1, 2),
+        b_enc=jnp.zeros((CFG.n_layers, D_SAE)),
+        W_dec=w,
+        b_dec=jnp.zeros((CFG.n_layers, CFG.d_model)),
+        threshold=jnp.full((CFG.n_layers, D_SAE), 0.2),
+        cfg=sae_lib.SAEConfig(architecture="jumprelu", d_in=CFG.d_model, d_sae=D_SAE),
+    )
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, CFG.vocab_size, size=(8, 9)).astype(np.int32)
+    mask = np.ones_like(ids)
+    for row in range(0, 8, 3):
+        ids[row, :3], mask[row, :3] = 0, 0
+    direction = np.asarray(jax.random.normal(k2, (CFG.d_model,)))
+    tmp = Path(tempfile.mkdtemp())
+    save_hf(params, CFG, tmp / "hf")
+    save_model(tmp / "orbax", CFG, params)
+
+    def compute(p, s, i, m):
+        out = forward(p, CFG, i, m, return_residuals=True)
+        gen = generate(p, CFG, i, m, max_new_tokens=6)
+        res = la_ig(p, CFG, i, m, jnp.asarray(direction), refusal_token=5, n_steps=4)
+        attr = feature_attributions(res, s, position_weights(m, skip=1))
+        codes = sae_lib.encode(sae_lib.sae_layer(s, 1), out.resid_post[1])
+        return {
+            "logits": np.asarray(out.logits),
+            "tokens": np.asarray(gen.tokens),
+            "attr": np.asarray(attr),
+            "codes": np.asarray(codes),
+        }
+
+    with jax.default_device(one):
+        cfg1, p1 = load_hf(tmp / "hf")
+        ref = compute(p1, saes, jnp.asarray(ids), jnp.asarray(mask))
+        sc = SweepConfig(kind="laig", shard_size=8, n_steps=4)
+        sweep_ref = run_sweep(
+            p1, CFG, ids, mask, tmp / "sweep1", sc, saes=saes, direction=direction,
+            refusal_token=5, progress=False,
+        )["results"]["attributions"]  # fmt: skip
+
+    report = {}
+    for data, model in ((8, 1), (2, 4), (1, 8)):
+        mesh = make_mesh(data=data, model=model)
+        _, p = load_hf(tmp / "hf", mesh=mesh)
+        q_spec = tuple(p["layers"]["q"].sharding.spec)
+        _, p_orbax = load_model(tmp / "orbax", mesh=mesh)  # orbax restores onto the shards
+        orbax_ok = all(
+            a.sharding == b.sharding and bool((np.asarray(a) == np.asarray(b)).all())
+            for a, b in zip(jax.tree.leaves(p_orbax), jax.tree.leaves(p))
+        )
+        # bfloat16 while restoring, still onto the shards
+        _, p_bf16 = load_model(tmp / "orbax", mesh=mesh, dtype=jnp.bfloat16)
+        bf16_ok = all(
+            a.dtype == jnp.bfloat16
+            and a.sharding == b.sharding
+            and bool((np.asarray(a) == np.asarray(b.astype(jnp.bfloat16))).all())
+            for a, b in zip(jax.tree.leaves(p_bf16), jax.tree.leaves(p))
+        )
+        s = shard_saes(saes, mesh)
+        i, m = shard_batch(mesh, ids, mask)
+        got = compute(p, s, i, m)
+        sw = run_sweep(
+            p, CFG, ids, mask, tmp / f"sweep{data}x{model}", sc, saes=s, direction=direction,
+            refusal_token=5, mesh=mesh, progress=False,
+        )["results"]["attributions"]  # fmt: skip
+        scale = np.abs(ref["attr"]).max()
+        report[f"{data}x{model}"] = {
+            "q_spec": [str(x) for x in q_spec],
+            "q_shards": len(p["layers"]["q"].addressable_shards),
+            "orbax_sharded_load_equal": orbax_ok,
+            "orbax_bf16_sharded_load_equal": bf16_ok,
+            "k_spec": [str(x) for x in p["layers"]["k"].sharding.spec],
+            "sae_w_dec_spec": [str(x) for x in s.W_dec.sharding.spec],
+            "logits_max_abs_err": float(np.abs(got["logits"] - ref["logits"]).max()),
+            "tokens_equal": bool((got["tokens"] == ref["tokens"]).all()),
+            "attr_max_rel_err": float(np.abs(got["attr"] - ref["attr"]).max() / scale),
+            "codes_max_abs_err": float(np.abs(got["codes"] - ref["codes"]).max()),
+            "sweep_max_rel_err": float(np.abs(sw - sweep_ref).max() / scale),
+            "logits_scale": float(np.abs(ref["logits"]).max()),
+        }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
