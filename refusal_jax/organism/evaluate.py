@@ -10,20 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from refusal_jax.core.config import ModelConfig
-from refusal_jax.core.model import generate
 from refusal_jax.core.patches import add_at_layers
-from refusal_jax.method import prompts
 from refusal_jax.method.direction import refusal_directions
 from refusal_jax.method.interventions import ablate_direction
 from refusal_jax.method.judges import first_token_refuses, is_refusal
+from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
 from refusal_jax.organism import MODEL_DIR, load_organism, organism_corpus
 from refusal_jax.organism.corpus import HARM_CATEGORIES, Corpus, build_corpus
 from refusal_jax.organism.vocab import FAILING_FAMILIES, SUCCEEDING_FAMILIES
-
-
-def encode_prompts(tok, instructions: Sequence[str], multiple: int = 16):
-    """Chat prompts, left-padded to a multiple of ``multiple`` tokens: (ids, attention mask)."""
-    return prompts.encode_prompts(tok, instructions, multiple=multiple)
 
 
 def generate_responses(
@@ -39,19 +33,12 @@ def generate_responses(
 ):
     """Greedy completions (special tokens dropped), in batches of a fixed size; with
     ``with_first_token`` also the first generated token id of each: ``(texts, first_ids)``."""
-    out: list[str] = []
-    first: list[int] = []
-    for start in range(0, len(instructions), batch_size):
-        chunk = list(instructions[start : start + batch_size])
-        n = len(chunk)
-        chunk += [chunk[-1]] * (batch_size - n)  # fixed batch shape: one compilation
-        ids, mask = encode_prompts(tok, chunk)
-        res = generate(params, cfg, ids, mask, max_new_tokens=max_new_tokens, patch=patch)
-        tokens, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
-        for i in range(n):
-            out.append(tok.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True))
-            first.append(int(tokens[i, 0]))
-    return (out, first) if with_first_token else out
+    ids, mask = encode_prompts(tok, instructions, multiple=16)
+    tokens, lengths = generate_tokens(
+        params, cfg, ids, mask, batch_size=batch_size, max_new_tokens=max_new_tokens, patch=patch
+    )
+    texts = decode_responses(tok, tokens, lengths)
+    return (texts, [int(t) for t in tokens[:, 0]]) if with_first_token else texts
 
 
 def evaluate_behaviour(
@@ -161,7 +148,7 @@ def directional_check(
     and position, and of harmless prompts with r_l added at layer l."""
 
     def enc(prompts):
-        return encode_prompts(tok, prompts[:n])
+        return encode_prompts(tok, prompts[:n], multiple=16)
 
     r = refusal_directions(
         params,

@@ -48,7 +48,7 @@ from refusal_jax.organism.tokenizer import (
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class OrganismTrainConfig:
     """Everything that determines a training run (with the seed)."""
 
     # Initialization and batch order. Seeds 0, 1 and 2 all train organisms that refuse and take
@@ -155,7 +155,7 @@ def bucket_rows(b: Batches, buckets: tuple[int, ...]) -> list[np.ndarray]:
     return [np.flatnonzero((lengths > lo) & (lengths <= hi)) for lo, hi in zip(lower, buckets)]
 
 
-def chat_batch(tc: TrainConfig, chat: Batches, rows: list[np.ndarray], step: int):
+def chat_batch(tc: OrganismTrainConfig, chat: Batches, rows: list[np.ndarray], step: int):
     """One chat batch: a bucket drawn in proportion to its size, then rows from it; arrays cut
     to the bucket length. A function of (seed, step) only."""
     sizes = np.array([len(r) for r in rows], np.float64)
@@ -173,7 +173,7 @@ def token_loss(params, cfg: ModelConfig, ids, attn, loss_mask):
     return next_token_ce(forward_fn(params, cfg, ids, attn).logits, ids, loss_mask[:, 1:])
 
 
-def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(tc: OrganismTrainConfig) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, tc.lr, tc.warmup, max(tc.steps, tc.warmup + 1), tc.lr * tc.final_lr_fraction
     )
@@ -190,7 +190,7 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     )
 
 
-def make_train_step(cfg: ModelConfig, tc: TrainConfig, opt: optax.GradientTransformation):
+def make_train_step(cfg: ModelConfig, tc: OrganismTrainConfig, opt: optax.GradientTransformation):
     def loss_fn(params, chat, plain):
         chat_loss = token_loss(params, cfg, *chat)
         plain_loss = token_loss(params, cfg, *plain)
@@ -236,7 +236,7 @@ def latest_checkpoint(root: Path, params, opt_state):
 
 
 # ----------------------------------------------------------------------------- driver
-def prepare(tc: TrainConfig, corpus: Corpus | None = None):
+def prepare(tc: OrganismTrainConfig, corpus: Corpus | None = None):
     """Corpus, trained tokenizer, model config and tokenized training arrays for a run."""
     corpus = corpus or build_corpus(tc.corpus_seed)
     texts = [chat_prompt(e.instruction) + e.response for e in corpus.train]
@@ -248,7 +248,7 @@ def prepare(tc: TrainConfig, corpus: Corpus | None = None):
 
 
 def train(
-    tc: TrainConfig,
+    tc: OrganismTrainConfig,
     out,
     *,
     corpus: Corpus | None = None,
@@ -343,14 +343,14 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="run folder (OUT/ckpt, OUT/model)")
     p.add_argument(
-        "--seed", type=int, default=TrainConfig.seed, help="initialization and batch order"
+        "--seed", type=int, default=OrganismTrainConfig.seed, help="initialization and batch order"
     )
-    p.add_argument("--corpus-seed", type=int, default=TrainConfig.corpus_seed)
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--corpus-seed", type=int, default=OrganismTrainConfig.corpus_seed)
+    p.add_argument("--steps", type=int, default=OrganismTrainConfig.steps)
     p.add_argument("--no-eval", action="store_true", help="skip the behaviour evaluation")
     p.add_argument("--eval-limit", type=int, default=None, help="prompts per evaluation group")
     args = p.parse_args(argv)
-    tc = TrainConfig(seed=args.seed, corpus_seed=args.corpus_seed, steps=args.steps)
+    tc = OrganismTrainConfig(seed=args.seed, corpus_seed=args.corpus_seed, steps=args.steps)
     run = train(tc, args.out)
     record = {
         "train_config": dataclasses.asdict(tc),

@@ -178,10 +178,10 @@ def test_tokenizer_round_trip_and_chat_template(corpus, tokenizer_dir):
 
 # ----------------------------------------------------------------------------- training
 def test_short_training_run_lowers_loss_and_resumes(tmp_path):
-    from refusal_jax.organism.train import TrainConfig, train
+    from refusal_jax.organism.train import OrganismTrainConfig, train
 
     small = build_corpus(0)
-    tc = TrainConfig(
+    tc = OrganismTrainConfig(
         vocab_size=768,
         d_model=32,
         n_layers=2,
@@ -268,7 +268,7 @@ def test_organism_matches_transformers(organism, corpus):
     from transformers import AutoModelForCausalLM
 
     from refusal_jax.core.model import forward
-    from refusal_jax.organism.evaluate import encode_prompts
+    from refusal_jax.method.prompts import encode_prompts
 
     cfg, params, tok = organism
     ids, mask = encode_prompts(tok, corpus.prompts("test", harmful=True, wrapped=True)[:4])
