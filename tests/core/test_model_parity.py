@@ -14,7 +14,7 @@ from ports.hf import load_hf  # noqa: E402
 from refusal_jax.core.model import forward, generate, rms_norm  # noqa: E402
 from tests.support.hf_tiny import left_padded_batch, make_hf_model  # noqa: E402
 
-KINDS = ["gemma2", "llama3", "llama_tied", "qwen2"]
+KINDS = ["gemma2", "llama3", "llama_tied", "qwen2", "gemma3", "qwen3"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -44,6 +44,17 @@ def test_config_is_read_faithfully(pair):
         assert dict(cfg.rope_scaling)["rope_type"] == "llama3"
     if kind == "qwen2":
         assert cfg.qkv_bias
+    if kind == "gemma3":
+        assert cfg.layer_is_sliding == (True, False, True) and cfg.sliding_window == 5
+        assert cfg.qk_norm and cfg.norm_plus_one and cfg.sandwich_norms and cfg.embed_scale
+        assert (cfg.rope_theta, cfg.rope_local_theta) == (1000.0, 50.0)
+        assert dict(cfg.rope_scaling) == {"rope_type": "linear", "factor": 4.0}
+        assert cfg.query_pre_attn_scalar == 12 and cfg.head_dim == 16
+        assert cfg.attn_softcap is None and cfg.final_softcap is None
+    if kind == "qwen3":
+        assert cfg.qk_norm and not cfg.qkv_bias and not cfg.norm_plus_one
+        assert cfg.head_dim == 24 != cfg.d_model // cfg.n_heads
+        assert not cfg.tie_embeddings
 
 
 def test_logits_and_every_layer_match_hf(pair):
@@ -131,3 +142,27 @@ def test_bfloat16_stays_close_to_float32(pair):
     assert rel <= max(0.03, 2 * rel_hf) and rel <= 0.15, f"{kind}: {rel:.3f} (HF {rel_hf:.3f})"
     top_agree = (b16.argmax(-1) == f32.argmax(-1))[valid].mean()
     assert top_agree >= 0.85, f"{kind}: bf16 top-1 agreement {top_agree:.2f}"
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "qwen3"])
+def test_gemma3_and_qwen3_switches_are_visible(kind, tmp_path):
+    """Guard: the parity above would fail without q/k norms, without Gemma 3's local RoPE or
+    its global RoPE scaling (each changes the logits by far more than the 1e-4 tolerance)."""
+    make_hf_model(kind).save_pretrained(tmp_path)
+    cfg, params = load_hf(tmp_path)
+    ids, mask = left_padded_batch(seed=1)
+    valid = mask.astype(bool)
+    base = np.asarray(forward(params, cfg, jnp.asarray(ids), jnp.asarray(mask)).logits)
+    ones = 0.0 if cfg.norm_plus_one else 1.0  # the identity norm weight
+    no_qk = params | {
+        "layers": params["layers"]
+        | {k: jnp.full_like(params["layers"][k], ones) for k in ("q_norm", "k_norm")}
+    }
+    variants = {"no q/k norm": (no_qk, cfg)}
+    if kind == "gemma3":
+        variants["one RoPE for all layers"] = (params, cfg.replace(rope_local_theta=None))
+        variants["no RoPE scaling"] = (params, cfg.replace(rope_scaling=()))
+    for name, (p, c) in variants.items():
+        other = np.asarray(forward(p, c, jnp.asarray(ids), jnp.asarray(mask)).logits)
+        diff = np.abs(other - base)[valid].max()
+        assert diff > 1e-2, f"{kind}: {name} changes logits by only {diff:.2e}"
