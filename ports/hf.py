@@ -19,38 +19,52 @@ import jax.numpy as jnp
 import numpy as np
 
 from ports.safetensors_io import CheckpointError, load_file, read_header, save_file
+from refusal_jax.core import layout
 from refusal_jax.core.checkpoint import save_model
-from refusal_jax.core.config import ModelConfig, config_from_hf
-from refusal_jax.core.model import param_shapes
+from refusal_jax.core.config import ModelConfig, UnsupportedConfigError, config_from_hf
 from refusal_jax.core.sharding import param_shardings
-
-# our layer key -> (HF suffix under model.layers.{i}., transpose?)
-_COMMON = {
-    "attn_norm": ("input_layernorm.weight", False),
-    "q": ("self_attn.q_proj.weight", True),
-    "k": ("self_attn.k_proj.weight", True),
-    "v": ("self_attn.v_proj.weight", True),
-    "o": ("self_attn.o_proj.weight", True),
-    "gate": ("mlp.gate_proj.weight", True),
-    "up": ("mlp.up_proj.weight", True),
-    "down": ("mlp.down_proj.weight", True),
-}
 
 
 def layer_key_map(cfg: ModelConfig) -> dict[str, tuple[str, bool]]:
-    """Our per-layer parameter names -> (HF name suffix, stored transposed?)."""
-    m = dict(_COMMON)
-    if cfg.sandwich_norms:
-        m["post_attn_norm"] = ("post_attention_layernorm.weight", False)
-        m["mlp_norm"] = ("pre_feedforward_layernorm.weight", False)
-        m["post_mlp_norm"] = ("post_feedforward_layernorm.weight", False)
-    else:
-        m["mlp_norm"] = ("post_attention_layernorm.weight", False)
-    if cfg.qkv_bias:
-        m["q_bias"] = ("self_attn.q_proj.bias", False)
-        m["k_bias"] = ("self_attn.k_proj.bias", False)
-        m["v_bias"] = ("self_attn.v_proj.bias", False)
-    return m
+    """Our per-layer parameter names -> (HF name suffix under ``model.layers.{i}.``, stored
+    transposed?), derived from :data:`refusal_jax.core.layout.TABLE`."""
+    prefix = "model.layers.{i}."
+    return {
+        p.key: (p.hf.removeprefix(prefix), p.transpose) for p in layout.params(cfg) if p.per_layer
+    }
+
+
+# Where a checkpoint keeps the language model: plain causal LMs under "model.", the text part
+# of a multimodal Gemma 3 (Gemma3ForConditionalGeneration) under "language_model.model." (as
+# released and as transformers saves it) or "model.language_model.".
+_PREFIXES = (
+    ("model.", "lm_head."),
+    ("language_model.model.", "language_model.lm_head."),
+    ("model.language_model.", "lm_head."),
+)
+# Tensors of a multimodal checkpoint that the language model does not use.
+_OTHER_TOWERS = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                 "model.multi_modal_projector.")  # fmt: skip
+
+
+def _checkpoint_names(index) -> tuple[dict[str, str], bool]:
+    """(our HF name prefix -> the checkpoint's, multimodal?) for the folder's tensor index."""
+    for model_prefix, head_prefix in _PREFIXES:
+        if model_prefix + "embed_tokens.weight" in index:
+            mm = model_prefix != "model."
+            return {"model.": model_prefix, "lm_head.": head_prefix}, mm
+    raise CheckpointError(
+        "checkpoint has no embedding table (looked for "
+        + ", ".join(repr(m + "embed_tokens.weight") for m, _ in _PREFIXES)
+        + ")"
+    )
+
+
+def _renamed(name: str, names: dict[str, str]) -> str:
+    for ours, theirs in names.items():
+        if name.startswith(ours):
+            return theirs + name[len(ours) :]
+    return name
 
 
 def _tensor_index(folder: Path) -> dict[str, Path]:
@@ -123,35 +137,27 @@ def load_hf_params(folder, cfg: ModelConfig, dtype=jnp.float32, mesh=None) -> di
     read from the memmapped files and transferred on its own, so no device (and no host) ever holds
     the whole model; on several hosts each process reads only its own devices' slices."""
     folder = Path(folder)
-    place = None
-    if mesh is not None:
-        place = param_shardings(cfg, mesh)
-    sharding = lambda key, sub=None: (
-        None if place is None else place["layers"][sub] if key == "layers" else place[key]
-    )
+    place = None if mesh is None else param_shardings(cfg, mesh)
     np_dtype = np.dtype(jnp.dtype(dtype))
-    shapes = param_shapes(cfg)
     r = _Reader(folder)
-    one = lambda key, name, transpose: _place(
-        [r.view(name, shapes[key], transpose)], False, np_dtype, sharding(key)
-    )
-    params = {
-        "embed": one("embed", "model.embed_tokens.weight", False),
-        "final_norm": one("final_norm", "model.norm.weight", False),
-    }
-    if not cfg.tie_embeddings:
-        params["lm_head"] = one("lm_head", "lm_head.weight", True)
-    layers = {}
-    for key, (suffix, transpose) in layer_key_map(cfg).items():
-        per_layer_shape = shapes["layers"][key][1:]
-        views = [
-            r.view(f"model.layers.{i}.{suffix}", per_layer_shape, transpose)
-            for i in range(cfg.n_layers)
-        ]
-        layers[key] = _place(views, True, np_dtype, sharding("layers", key))
-    params["layers"] = layers
+    names, multimodal = _checkpoint_names(r.index)
+    params: dict = {"layers": {}}
+    for p in layout.params(cfg):
+        sharding = None if place is None else (place["layers"] if p.per_layer else place)[p.key]
+        shape = p.shape(cfg)[1:] if p.per_layer else p.shape(cfg)  # one tensor, our layout
+        layers = range(cfg.n_layers) if p.per_layer else [None]
+        views = [r.view(_renamed(p.hf_name(i), names), shape, p.transpose) for i in layers]
+        (params["layers"] if p.per_layer else params)[p.key] = _place(
+            views, p.per_layer, np_dtype, sharding
+        )
     ignorable = ("rotary_emb.inv_freq", "lm_head.weight")
-    unused = [n for n in r.index if n not in r.used and not n.endswith(ignorable)]
+    unused = [
+        n
+        for n in r.index
+        if n not in r.used
+        and not n.endswith(ignorable)
+        and not (multimodal and n.startswith(_OTHER_TOWERS))
+    ]
     if unused:
         raise CheckpointError(
             f"checkpoint has {len(unused)} tensors the config does not use, e.g. {unused[:3]}"
@@ -177,16 +183,12 @@ def load_hf(folder, dtype=jnp.float32, mesh=None) -> tuple[ModelConfig, dict]:
 
 def to_hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
     """Our pytree -> HF tensor names and layouts (numpy)."""
-    out = {
-        "model.embed_tokens.weight": np.asarray(params["embed"]),
-        "model.norm.weight": np.asarray(params["final_norm"]),
-    }
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = np.asarray(params["lm_head"]).T
-    for key, (suffix, transpose) in layer_key_map(cfg).items():
-        stacked = np.asarray(params["layers"][key])
-        for i in range(cfg.n_layers):
-            out[f"model.layers.{i}.{suffix}"] = stacked[i].T if transpose else stacked[i]
+    out = {}
+    for p in layout.params(cfg):
+        value = np.asarray(params["layers"][p.key] if p.per_layer else params[p.key])
+        for i in range(cfg.n_layers) if p.per_layer else [None]:
+            one = value[i] if p.per_layer else value
+            out[p.hf_name(i)] = one.T if p.transpose else one
     return out
 
 
@@ -211,7 +213,30 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
     }
     if cfg.rope_scaling:
         d["rope_scaling"] = dict(cfg.rope_scaling)
-    if cfg.family == "gemma2":
+    layer_types = ["sliding_attention" if s else "full_attention" for s in cfg.layer_is_sliding]
+    if cfg.family == "gemma3":
+        d.update(
+            model_type="gemma3_text",
+            architectures=["Gemma3ForCausalLM"],
+            hidden_activation="gelu_pytorch_tanh",
+            rope_local_base_freq=cfg.rope_local_theta or cfg.rope_theta,
+            attn_logit_softcapping=None,
+            final_logit_softcapping=cfg.final_softcap,
+            query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
+            sliding_window=cfg.sliding_window,
+            layer_types=layer_types,
+            attention_bias=False,
+            use_bidirectional_attention=False,
+        )
+    elif cfg.family == "qwen3":
+        d.update(
+            model_type="qwen3",
+            architectures=["Qwen3ForCausalLM"],
+            hidden_act="silu",
+            attention_bias=False,
+            use_sliding_window=False,
+        )
+    elif cfg.family == "gemma2":
         d.update(
             model_type="gemma2",
             architectures=["Gemma2ForCausalLM"],
@@ -220,19 +245,19 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
             final_logit_softcapping=cfg.final_softcap,
             query_pre_attn_scalar=cfg.query_pre_attn_scalar,
             sliding_window=cfg.sliding_window,
-            layer_types=[
-                "sliding_attention" if s else "full_attention" for s in cfg.layer_is_sliding
-            ],
+            layer_types=layer_types,
         )
     elif cfg.family == "llama":
         d.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu")
-    else:
+    elif cfg.family == "qwen2":
         d.update(
             model_type="qwen2",
             architectures=["Qwen2ForCausalLM"],
             hidden_act="silu",
             use_sliding_window=False,
         )
+    else:
+        raise UnsupportedConfigError(f"no Hugging Face config known for family {cfg.family!r}")
     return d
 
 

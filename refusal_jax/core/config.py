@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
-FAMILIES = ("gemma2", "llama", "qwen2")
+FAMILIES = ("gemma2", "gemma3", "llama", "qwen2", "qwen3")
 
 
 class UnsupportedConfigError(ValueError):
@@ -23,7 +23,17 @@ class ModelConfig:
     """Architecture of a decoder-only chat model.
 
     Attributes mirror Hugging Face names where one exists. ``sliding_layers`` holds one bool per
-    layer (True: that layer attends within ``sliding_window`` tokens only).
+    layer (True: that layer attends within ``sliding_window`` tokens only). The families differ
+    only by these static switches:
+
+    * ``norm_plus_one``: RMSNorm scales by (1 + w) (Gemma) instead of w (Llama/Qwen).
+    * ``sandwich_norms``: extra norms after attention and after the MLP (Gemma 2 and 3).
+    * ``qk_norm``: RMSNorm over each head's query and key (``head_dim``) before RoPE (Gemma 3,
+      Qwen3), with the same ``norm_plus_one`` convention as the other norms.
+    * ``rope_local_theta``: RoPE base of the sliding-window layers (Gemma 3's
+      ``rope_local_base_freq``); those layers then use plain RoPE while ``rope_theta`` and
+      ``rope_scaling`` apply to the global layers only. None: one RoPE for every layer.
+    * ``attn_softcap`` / ``final_softcap``: tanh softcapping of scores / logits (Gemma 2).
     """
 
     family: str
@@ -40,7 +50,9 @@ class ModelConfig:
     rope_scaling: tuple[tuple[str, Any], ...] = ()
     tie_embeddings: bool = True
     qkv_bias: bool = False
-    # Gemma-2 specifics.
+    qk_norm: bool = False
+    rope_local_theta: float | None = None
+    # Gemma specifics.
     norm_plus_one: bool = False
     sandwich_norms: bool = False
     embed_scale: bool = False
@@ -141,6 +153,49 @@ def gemma2_config(
     )
 
 
+def gemma3_sliding_layers(n_layers: int, pattern: int = 6) -> tuple[bool, ...]:
+    """Gemma 3's interleaving: every ``pattern``-th layer is global, the others sliding."""
+    return tuple(bool((i + 1) % pattern) for i in range(n_layers))
+
+
+def gemma3_config(
+    *, vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, d_mlp, **kw
+) -> ModelConfig:
+    """A Gemma 3 (text) config with the family's fixed choices: q/k norms, sandwich norms,
+    5 sliding layers per global one, local RoPE base 10k and global 1M, no softcapping."""
+    defaults = dict(
+        norm_eps=1e-6,
+        rope_theta=1_000_000.0,
+        rope_local_theta=10_000.0,
+        tie_embeddings=True,
+        qk_norm=True,
+        norm_plus_one=True,
+        sandwich_norms=True,
+        embed_scale=True,
+        query_pre_attn_scalar=head_dim,
+        sliding_window=512,
+        activation="gelu_tanh",
+        max_position_embeddings=32768,
+        bos_token_id=2,
+        eos_token_ids=(1, 106),
+        pad_token_id=0,
+    )
+    defaults.update(kw)
+    if "sliding_layers" not in kw:
+        defaults["sliding_layers"] = gemma3_sliding_layers(n_layers)
+    return ModelConfig(
+        family="gemma3",
+        vocab_size=vocab_size,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        d_mlp=d_mlp,
+        **defaults,
+    )
+
+
 _LLAMA31_ROPE = (
     ("factor", 8.0),
     ("high_freq_factor", 4.0),
@@ -213,9 +268,43 @@ PRESETS: dict[str, ModelConfig] = {
         max_position_embeddings=32768,
         eos_token_ids=(151645, 151643),
     ),
+    # google/gemma-3-270m (checked against its GGUF in tests/ports/test_gguf.py)
+    "gemma3-270m": gemma3_config(
+        vocab_size=262144,
+        d_model=640,
+        n_layers=18,
+        n_heads=4,
+        n_kv_heads=1,
+        head_dim=256,
+        d_mlp=2048,
+    ),
+    "qwen3-0.6b": ModelConfig(
+        family="qwen3",
+        vocab_size=151936,
+        d_model=1024,
+        n_layers=28,
+        n_heads=16,
+        n_kv_heads=8,
+        head_dim=128,
+        d_mlp=3072,
+        norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_embeddings=True,
+        qk_norm=True,
+        max_position_embeddings=40960,
+        bos_token_id=151643,
+        eos_token_ids=(151645,),
+    ),
 }
 
-_HF_TYPES = {"gemma2": "gemma2", "llama": "llama", "qwen2": "qwen2"}
+_HF_TYPES = {
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "gemma3": "gemma3",  # the multimodal config: its text_config is read
+    "llama": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+}
 
 
 def _as_tuple(x) -> tuple[int, ...]:
@@ -226,11 +315,11 @@ def _as_tuple(x) -> tuple[int, ...]:
     return (int(x),)
 
 
-def _rope_from_hf(hf: dict) -> tuple[float, tuple]:
-    """Read rope theta and scaling from either ``rope_scaling`` or ``rope_parameters``."""
-    params = dict(hf.get("rope_parameters") or {})
-    scaling = dict(hf.get("rope_scaling") or {})
-    theta = params.pop("rope_theta", hf.get("rope_theta", 10000.0))
+def _rope(params: dict, scaling: dict, theta) -> tuple[float, tuple]:
+    """(theta, scaling pairs) from one RoPE parameter dict (new format) merged over a legacy
+    ``rope_scaling`` dict; refuses the scaling types :func:`model.rope_inv_freq` lacks."""
+    params = dict(params)
+    theta = params.pop("rope_theta", theta)
     merged = {**scaling, **params}
     if "type" in merged and "rope_type" not in merged:
         merged["rope_type"] = merged.pop("type")
@@ -245,19 +334,87 @@ def _rope_from_hf(hf: dict) -> tuple[float, tuple]:
     return float(theta), tuple(sorted(merged.items()))
 
 
+def _rope_from_hf(hf: dict, default_theta: float = 10000.0) -> tuple[float, tuple]:
+    """Read rope theta and scaling from either ``rope_scaling`` or ``rope_parameters``."""
+    return _rope(
+        hf.get("rope_parameters") or {},
+        dict(hf.get("rope_scaling") or {}),
+        hf.get("rope_theta", default_theta),
+    )
+
+
+def _gemma3_rope(hf: dict) -> tuple[float, tuple, float]:
+    """Gemma 3: (global theta, global scaling, local theta). Reads transformers' per-layer-type
+    ``rope_parameters`` or the legacy ``rope_theta`` / ``rope_scaling`` (global layers only) /
+    ``rope_local_base_freq``."""
+    params = dict(hf.get("rope_parameters") or {})
+    if params and not {"full_attention", "sliding_attention"} & set(params):
+        params = {"full_attention": params}  # one dict: it describes the global layers
+    theta, scaling = _rope(
+        params.get("full_attention") or {},
+        dict(hf.get("rope_scaling") or {}),
+        hf.get("rope_theta", 1_000_000.0),
+    )
+    local_theta, local_scaling = _rope(
+        params.get("sliding_attention") or {}, {}, hf.get("rope_local_base_freq", 10_000.0)
+    )
+    if local_scaling:
+        raise UnsupportedConfigError(
+            f"unsupported RoPE scaling on Gemma 3's sliding layers: {dict(local_scaling)}"
+        )
+    return theta, scaling, local_theta
+
+
+def _sliding_from_layer_types(hf: dict, n_layers: int, default) -> tuple[bool, ...]:
+    layer_types = hf.get("layer_types")
+    if layer_types is None:
+        return default
+    if len(layer_types) != n_layers:
+        raise UnsupportedConfigError(
+            f"layer_types has {len(layer_types)} entries for num_hidden_layers={n_layers}"
+        )
+    unknown = set(layer_types) - {"sliding_attention", "full_attention"}
+    if unknown:
+        raise UnsupportedConfigError(f"unsupported layer_types {sorted(unknown)}")
+    return tuple(t == "sliding_attention" for t in layer_types)
+
+
+def _gelu_tanh(hf: dict, what: str) -> str:
+    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise UnsupportedConfigError(f"unsupported {what} hidden_activation {act!r}")
+    return "gelu_tanh"
+
+
 def config_from_hf(hf: dict) -> ModelConfig:
     """Translate a Hugging Face ``config.json`` dict into a :class:`ModelConfig`.
 
     Raises :class:`UnsupportedConfigError` naming the field for unknown architectures or options
-    that would otherwise give a silently different model.
+    that would otherwise give a silently different model. A multimodal Gemma 3 config
+    (``model_type`` ``gemma3``) is read through its ``text_config``.
     """
     model_type = hf.get("model_type")
     if model_type not in _HF_TYPES:
         raise UnsupportedConfigError(
             f"unknown model_type {model_type!r}; supported: {sorted(_HF_TYPES)}"
         )
+    if model_type == "gemma3":
+        text = hf.get("text_config")
+        if not isinstance(text, dict):
+            raise UnsupportedConfigError("Gemma 3 config (model_type 'gemma3') has no text_config")
+        # Released multimodal configs keep the special tokens and tying at the top level.
+        top = {
+            k: hf[k]
+            for k in ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
+            if k in hf
+        }
+        return config_from_hf({**top, **text, "model_type": "gemma3_text"})
+    if model_type == "gemma3_text":
+        # transformers fills fields a config.json leaves out from Gemma3TextConfig's defaults
+        hf = {**_GEMMA3_TEXT_DEFAULTS, **hf}
     family = _HF_TYPES[model_type]
-    theta, rope_scaling = _rope_from_hf(hf)
+    default_theta = 1_000_000.0 if family == "gemma3" else 10000.0
+    theta, rope_scaling = _rope_from_hf(hf, default_theta)
     d_model = hf["hidden_size"]
     n_heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or d_model // n_heads
@@ -280,14 +437,9 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if hf.get("partial_rotary_factor", 1.0) != 1.0:
         raise UnsupportedConfigError("unsupported partial_rotary_factor != 1.0")
     if family == "gemma2":
-        act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
-        if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
-            raise UnsupportedConfigError(f"unsupported Gemma-2 hidden_activation {act!r}")
-        layer_types = hf.get("layer_types")
-        if layer_types is None:
-            sliding = tuple(i % 2 == 0 for i in range(n_layers))
-        else:
-            sliding = tuple(t == "sliding_attention" for t in layer_types)
+        sliding = _sliding_from_layer_types(
+            hf, n_layers, tuple(i % 2 == 0 for i in range(n_layers))
+        )
         return ModelConfig(
             family="gemma2",
             norm_eps=hf.get("rms_norm_eps", 1e-6),
@@ -300,7 +452,32 @@ def config_from_hf(hf: dict) -> ModelConfig:
             query_pre_attn_scalar=hf.get("query_pre_attn_scalar") or head_dim,
             sliding_window=hf.get("sliding_window") if any(sliding) else None,
             sliding_layers=sliding if any(sliding) else (),
-            activation="gelu_tanh",
+            activation=_gelu_tanh(hf, "Gemma-2"),
+            **common,
+        )
+    if family == "gemma3":
+        for key in ("use_bidirectional_attention", "attention_bias", "attn_logit_softcapping"):
+            # transformers ignores attn_logit_softcapping for Gemma 3; we refuse to guess.
+            if hf.get(key):
+                raise UnsupportedConfigError(f"unsupported Gemma 3 option {key}={hf[key]!r}")
+        theta, rope_scaling, local_theta = _gemma3_rope(hf)
+        pattern = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
+        sliding = _sliding_from_layer_types(hf, n_layers, gemma3_sliding_layers(n_layers, pattern))
+        common.update(rope_theta=theta, rope_scaling=rope_scaling)
+        return ModelConfig(
+            family="gemma3",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            qk_norm=True,
+            rope_local_theta=local_theta if any(sliding) else None,
+            norm_plus_one=True,
+            sandwich_norms=True,
+            embed_scale=True,
+            final_softcap=hf.get("final_logit_softcapping"),
+            query_pre_attn_scalar=hf.get("query_pre_attn_scalar", 256),
+            sliding_window=hf.get("sliding_window", 4096) if any(sliding) else None,
+            sliding_layers=sliding if any(sliding) else (),
+            activation=_gelu_tanh(hf, "Gemma 3"),
             **common,
         )
     act = hf.get("hidden_act", "silu")
@@ -316,7 +493,17 @@ def config_from_hf(hf: dict) -> ModelConfig:
             **common,
         )
     if hf.get("use_sliding_window"):
-        raise UnsupportedConfigError("unsupported Qwen2 option use_sliding_window=True")
+        raise UnsupportedConfigError(f"unsupported {model_type} option use_sliding_window=True")
+    if family == "qwen3":
+        if hf.get("attention_bias"):
+            raise UnsupportedConfigError("unsupported qwen3 option attention_bias=True")
+        return ModelConfig(
+            family="qwen3",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            qk_norm=True,
+            **common,
+        )
     return ModelConfig(
         family="qwen2",
         norm_eps=hf.get("rms_norm_eps", 1e-6),
@@ -324,3 +511,22 @@ def config_from_hf(hf: dict) -> ModelConfig:
         qkv_bias=True,
         **common,
     )
+
+
+# Gemma3TextConfig's defaults (transformers), for text_configs that leave fields out.
+_GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262_208,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "max_position_embeddings": 131_072,
+    "rms_norm_eps": 1e-6,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "bos_token_id": 2,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+}

@@ -1,16 +1,18 @@
 """The transformer as pure functions over a parameter pytree.
 
-One implementation serves Gemma-2, Llama-3.x (incl. SmolLM2) and Qwen2/2.5; the differences are
-static switches in :class:`~refusal_jax.core.config.ModelConfig`. Layers are stacked along a leading
-axis and run under ``jax.lax.scan``; a *patch* (see :mod:`refusal_jax.core.patches`) is applied to
-the residual stream after every layer inside that scan.
+One implementation serves Gemma 2 and 3, Llama-3.x (incl. SmolLM2), Qwen2/2.5 and Qwen3; the
+differences are static switches in :class:`~refusal_jax.core.config.ModelConfig`. Layers are stacked
+along a leading axis and run under ``jax.lax.scan``; a *patch* (see :mod:`refusal_jax.core.patches`)
+is applied to the residual stream after every layer inside that scan.
 
-Parameter pytree (``L`` layers, linear weights stored ``[in, out]``)::
+Parameter pytree (``L`` layers, linear weights stored ``[in, out]``; the one source of truth is the
+layout table :data:`refusal_jax.core.layout.TABLE`)::
 
     embed [V, D]; final_norm [D]; lm_head [D, V] (untied models only)
     layers: attn_norm [L, D]; q [L, D, H*Dh]; k, v [L, D, Hkv*Dh]; o [L, H*Dh, D];
-            q_bias/k_bias/v_bias [L, H*Dh | Hkv*Dh] (Qwen2); mlp_norm [L, D];
-            post_attn_norm, post_mlp_norm [L, D] (Gemma-2); gate, up [L, D, F]; down [L, F, D]
+            q_bias/k_bias/v_bias [L, H*Dh | Hkv*Dh] (Qwen2); q_norm, k_norm [L, Dh] (Gemma 3,
+            Qwen3); mlp_norm [L, D]; post_attn_norm, post_mlp_norm [L, D] (Gemma 2 and 3);
+            gate, up [L, D, F]; down [L, F, D]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from refusal_jax.core import layout
 from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.patches import Identity, PatchContext
 
@@ -32,46 +35,22 @@ Params = dict
 
 # ----------------------------------------------------------------------------- shapes / init
 def param_shapes(cfg: ModelConfig) -> dict:
-    """Expected shape of every parameter (same nesting as the parameter pytree)."""
-    L, D, F = cfg.n_layers, cfg.d_model, cfg.d_mlp
-    qd, kd = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    layers = {
-        "attn_norm": (L, D),
-        "q": (L, D, qd),
-        "k": (L, D, kd),
-        "v": (L, D, kd),
-        "o": (L, qd, D),
-        "mlp_norm": (L, D),
-        "gate": (L, D, F),
-        "up": (L, D, F),
-        "down": (L, F, D),
-    }
-    if cfg.qkv_bias:
-        layers.update(q_bias=(L, qd), k_bias=(L, kd), v_bias=(L, kd))
-    if cfg.sandwich_norms:
-        layers.update(post_attn_norm=(L, D), post_mlp_norm=(L, D))
-    shapes = {"embed": (cfg.vocab_size, D), "final_norm": (D,), "layers": layers}
-    if not cfg.tie_embeddings:
-        shapes["lm_head"] = (D, cfg.vocab_size)
-    return shapes
+    """Expected shape of every parameter (same nesting as the parameter pytree), from the
+    layout table :data:`refusal_jax.core.layout.TABLE`."""
+    return layout.shapes(cfg)
 
 
 def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: float = 0.02) -> Params:
-    """Random parameters (normal(0, scale) weights; norms at identity)."""
-    shapes = param_shapes(cfg)
-    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
-    paths = [
-        jax.tree_util.keystr(p)
-        for p, _ in jax.tree_util.tree_flatten_with_path(
-            shapes, is_leaf=lambda s: isinstance(s, tuple)
-        )[0]
-    ]
+    """Random parameters (normal(0, scale) weights; zero biases; norms at identity)."""
+    rows = layout.tree(cfg, lambda p: p)
+    leaves, treedef = jax.tree.flatten(rows, is_leaf=lambda p: isinstance(p, layout.Param))
     keys = jax.random.split(key, len(leaves))
     out = []
-    for path, shape, k in zip(paths, leaves, keys):
-        if "norm" in path:
+    for p, k in zip(leaves, keys):
+        shape = p.shape(cfg)
+        if p.kind == "norm":
             value = jnp.zeros(shape) if cfg.norm_plus_one else jnp.ones(shape)
-        elif "bias" in path:
+        elif p.kind == "bias":
             value = jnp.zeros(shape)
         else:
             value = scale * jax.random.normal(k, shape)
@@ -89,11 +68,17 @@ def rms_norm(x: jax.Array, weight: jax.Array, cfg: ModelConfig) -> jax.Array:
     return weight.astype(x.dtype) * y.astype(x.dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
-    """Inverse rotary frequencies [head_dim/2], including linear and llama3 scaling."""
+def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> np.ndarray:
+    """Inverse rotary frequencies [head_dim/2], including linear and llama3 scaling.
+
+    ``local``: those of the sliding-window layers, which differ when the config has a
+    ``rope_local_theta`` (Gemma 3: plain RoPE with that base; the scaling is for global layers).
+    """
     dim = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-    rs = dict(cfg.rope_scaling)
+    local = local and cfg.rope_local_theta is not None
+    theta = cfg.rope_local_theta if local else cfg.rope_theta
+    inv = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    rs = {} if local else dict(cfg.rope_scaling)
     kind = rs.get("rope_type", "default")
     if kind == "linear":
         inv = inv / rs["factor"]
@@ -110,11 +95,30 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     return inv.astype(np.float32)
 
 
-def rope_tables(cfg: ModelConfig, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
-    """cos, sin [B, T, head_dim] for integer positions [B, T] (HF's rotate-half layout)."""
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
+def rope_tables(
+    cfg: ModelConfig, positions: jax.Array, dtype, local: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [B, T, head_dim] for integer positions [B, T] (HF's rotate-half layout);
+    ``local``: for the sliding-window layers (see :func:`rope_inv_freq`)."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg, local))
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def _rope(cfg, positions, dtype):
+    """(global (cos, sin), local (cos, sin) or None when every layer shares the global one)."""
+    glob = rope_tables(cfg, positions, dtype)
+    if cfg.rope_local_theta is None or not any(cfg.layer_is_sliding):
+        return glob, None
+    return glob, rope_tables(cfg, positions, dtype, local=True)
+
+
+def _layer_rope(rope, is_sliding):
+    """The (cos, sin) of one layer inside the scan (``is_sliding`` is a traced bool)."""
+    glob, loc = rope
+    if loc is None:
+        return glob
+    return tuple(jnp.where(is_sliding, lo, g) for g, lo in zip(glob, loc))
 
 
 def _apply_rope(x, cos, sin):
@@ -159,8 +163,11 @@ def _qkv(cfg, lp, h, cos, sin):
     q, k, v = h @ lp["q"], h @ lp["k"], h @ lp["v"]
     if cfg.qkv_bias:
         q, k, v = q + lp["q_bias"], k + lp["k_bias"], v + lp["v_bias"]
-    q = _apply_rope(q.reshape(B, T, cfg.n_heads, cfg.head_dim), cos, sin)
-    k = _apply_rope(k.reshape(B, T, cfg.n_kv_heads, cfg.head_dim), cos, sin)
+    q = q.reshape(B, T, cfg.n_heads, cfg.head_dim)
+    k = k.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:  # Gemma 3 / Qwen3: RMSNorm over each head's head_dim
+        q, k = rms_norm(q, lp["q_norm"], cfg), rms_norm(k, lp["k_norm"], cfg)
+    q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
     v = v.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
     return q, k, v
 
@@ -242,8 +249,7 @@ def _run_layers(
     params,
     cfg,
     x,
-    cos,
-    sin,
+    rope,
     patch,
     ctx,
     attend_for_layer,
@@ -262,6 +268,7 @@ def _run_layers(
 
     def step(h, xs):
         lp, idx, is_sliding, extra = xs
+        cos, sin = _layer_rope(rope, is_sliding)
         unpatched, kv = _block(cfg, lp, h, cos, sin, attend_for_layer(is_sliding, extra))
         h = patch(unpatched, idx, ctx)
         return h, (h, unpatched, kv) if with_unpatched else (h, kv)
@@ -304,7 +311,7 @@ def forward_fn(
     slot = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     full, sliding = _attention_bias(cfg, pos, slot, pos, slot, mask)
     x = embed(params, cfg, input_ids)
-    cos, sin = rope_tables(cfg, pos, x.dtype)
+    rope = _rope(cfg, pos, x.dtype)
     ctx = PatchContext(positions=pos, token_mask=mask, is_prompt=jnp.bool_(True))
 
     def attend_for_layer(is_sliding, _):
@@ -315,8 +322,7 @@ def forward_fn(
         params,
         cfg,
         x,
-        cos,
-        sin,
+        rope,
         patch,
         ctx,
         attend_for_layer,
@@ -358,7 +364,7 @@ def _decode_step(params, cfg, token, pos, cache, key_valid, key_pos, slot_idx, p
     B = token.shape[0]
     S = key_valid.shape[1]
     x = embed(params, cfg, token[:, None])
-    cos, sin = rope_tables(cfg, pos[:, None], x.dtype)
+    rope = _rope(cfg, pos[:, None], x.dtype)
     q_slot = jnp.full((B, 1), slot_idx, jnp.int32)
     k_slot = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
     full, sliding = _attention_bias(cfg, pos[:, None], q_slot, key_pos, k_slot, key_valid)
@@ -377,9 +383,7 @@ def _decode_step(params, cfg, token, pos, cache, key_valid, key_pos, slot_idx, p
 
         return attend
 
-    h, (_, (k_new, v_new)) = _run_layers(
-        params, cfg, x, cos, sin, patch, ctx, attend_for_layer, cache
-    )
+    h, (_, (k_new, v_new)) = _run_layers(params, cfg, x, rope, patch, ctx, attend_for_layer, cache)
     ck, cv = cache
     ck = jax.lax.dynamic_update_slice_in_dim(ck, k_new.astype(ck.dtype), slot_idx, axis=2)
     cv = jax.lax.dynamic_update_slice_in_dim(cv, v_new.astype(cv.dtype), slot_idx, axis=2)

@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from refusal_jax.core import layout
 from refusal_jax.core.config import ModelConfig
 
 DATA, MODEL = "data", "model"
@@ -69,40 +70,44 @@ def _split(dim: int, mesh: Mesh, ok: bool = True):
     return MODEL if n > 1 and ok and dim % n == 0 else None
 
 
-def param_specs(cfg: ModelConfig, mesh: Mesh) -> dict:
-    """PartitionSpecs for the parameter pytree (same nesting as ``model.param_shapes``).
-
-    Attention is split by heads (q/k/v columns, o rows), the MLP by its hidden dimension
-    (gate/up columns, down rows), the embedding and unembedding by vocabulary. A dimension the
-    model axis does not divide (e.g. fewer KV heads than devices) stays replicated. Norms and
-    biases of replicated dimensions are replicated; nothing is split over ``data``.
-    """
+def logical_to_mesh(cfg: ModelConfig, mesh: Mesh) -> dict[str, str | None]:
+    """Where each logical axis of :mod:`refusal_jax.core.layout` goes on ``mesh``: MODEL or
+    None (replicated). Attention is split by whole heads, the MLP by its hidden dimension, the
+    (un)embedding by vocabulary; a size the model axis does not divide stays replicated."""
     n = mesh.shape[MODEL]
-    heads_ok = cfg.n_heads % n == 0
-    kv_ok = cfg.n_kv_heads % n == 0
-    qd, kd = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    q, kv = _split(qd, mesh, heads_ok), _split(kd, mesh, kv_ok)
-    f = _split(cfg.d_mlp, mesh)
-    layers = {
-        "attn_norm": P(),
-        "q": P(None, None, q),
-        "k": P(None, None, kv),
-        "v": P(None, None, kv),
-        "o": P(None, q, None),
-        "mlp_norm": P(),
-        "gate": P(None, None, f),
-        "up": P(None, None, f),
-        "down": P(None, f, None),
+    return {
+        layout.VOCAB: _split(cfg.vocab_size, mesh),
+        layout.EMBED: None,
+        layout.Q_HEADS: _split(cfg.n_heads * cfg.head_dim, mesh, cfg.n_heads % n == 0),
+        layout.KV_HEADS: _split(cfg.n_kv_heads * cfg.head_dim, mesh, cfg.n_kv_heads % n == 0),
+        layout.HEAD_DIM: None,
+        layout.MLP: _split(cfg.d_mlp, mesh),
     }
-    if cfg.qkv_bias:
-        layers.update(q_bias=P(None, q), k_bias=P(None, kv), v_bias=P(None, kv))
-    if cfg.sandwich_norms:
-        layers.update(post_attn_norm=P(), post_mlp_norm=P())
-    vocab = _split(cfg.vocab_size, mesh)
-    specs = {"embed": P(vocab, None), "final_norm": P(), "layers": layers}
-    if not cfg.tie_embeddings:
-        specs["lm_head"] = P(None, vocab)
-    return specs
+
+
+# Logical axes that are never split: a parameter made only of these is replicated, P().
+_NEVER_SPLIT = (layout.EMBED, layout.HEAD_DIM)
+
+
+def param_specs(cfg: ModelConfig, mesh: Mesh) -> dict:
+    """PartitionSpecs for the parameter pytree (same nesting as ``model.param_shapes``), from
+    each parameter's logical axes in :data:`refusal_jax.core.layout.TABLE` mapped through
+    :func:`logical_to_mesh`.
+
+    Attention is split by heads (q/k/v columns, o rows, q/k/v biases), the MLP by its hidden
+    dimension (gate/up columns, down rows), the embedding and unembedding by vocabulary. A
+    dimension the model axis does not divide (e.g. fewer KV heads than devices) stays replicated.
+    Norms (also the per-head q/k norms) are replicated; nothing is split over ``data``.
+    """
+    to_mesh = logical_to_mesh(cfg, mesh)
+
+    def spec(axes):
+        named = [a for a in axes if a is not None]
+        if all(a in _NEVER_SPLIT for a in named):
+            return P()
+        return P(*(None if a is None else to_mesh[a] for a in axes))
+
+    return jax.tree.map(spec, layout.logical_axes(cfg), is_leaf=lambda x: isinstance(x, tuple))
 
 
 def _is_spec(x) -> bool:
@@ -247,6 +252,7 @@ __all__ = [
     "host_device",
     "initialize_multihost",
     "is_primary",
+    "logical_to_mesh",
     "make_mesh",
     "param_shardings",
     "param_specs",

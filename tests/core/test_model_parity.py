@@ -14,7 +14,7 @@ from ports.hf import load_hf  # noqa: E402
 from refusal_jax.core.model import forward, generate, rms_norm  # noqa: E402
 from tests.support.hf_tiny import left_padded_batch, make_hf_model  # noqa: E402
 
-KINDS = ["gemma2", "llama3", "llama_tied", "qwen2"]
+KINDS = ["gemma2", "llama3", "llama_tied", "qwen2", "gemma3", "qwen3"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -44,6 +44,17 @@ def test_config_is_read_faithfully(pair):
         assert dict(cfg.rope_scaling)["rope_type"] == "llama3"
     if kind == "qwen2":
         assert cfg.qkv_bias
+    if kind == "gemma3":
+        assert cfg.layer_is_sliding == (True, False, True) and cfg.sliding_window == 5
+        assert cfg.qk_norm and cfg.norm_plus_one and cfg.sandwich_norms and cfg.embed_scale
+        assert (cfg.rope_theta, cfg.rope_local_theta) == (1000.0, 50.0)
+        assert dict(cfg.rope_scaling) == {"rope_type": "linear", "factor": 4.0}
+        assert cfg.query_pre_attn_scalar == 12 and cfg.head_dim == 16
+        assert cfg.attn_softcap is None and cfg.final_softcap is None
+    if kind == "qwen3":
+        assert cfg.qk_norm and not cfg.qkv_bias and not cfg.norm_plus_one
+        assert cfg.head_dim == 24 != cfg.d_model // cfg.n_heads
+        assert not cfg.tie_embeddings
 
 
 def test_logits_and_every_layer_match_hf(pair):
@@ -131,3 +142,89 @@ def test_bfloat16_stays_close_to_float32(pair):
     assert rel <= max(0.03, 2 * rel_hf) and rel <= 0.15, f"{kind}: {rel:.3f} (HF {rel_hf:.3f})"
     top_agree = (b16.argmax(-1) == f32.argmax(-1))[valid].mean()
     assert top_agree >= 0.85, f"{kind}: bf16 top-1 agreement {top_agree:.2f}"
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "qwen3"])
+def test_gemma3_and_qwen3_switches_are_visible(kind, tmp_path):
+    """Guard: the parity above would fail without q/k norms, without Gemma 3's local RoPE or
+    its global RoPE scaling (each changes the logits by far more than the 1e-4 tolerance)."""
+    make_hf_model(kind).save_pretrained(tmp_path)
+    cfg, params = load_hf(tmp_path)
+    ids, mask = left_padded_batch(seed=1)
+    valid = mask.astype(bool)
+    base = np.asarray(forward(params, cfg, jnp.asarray(ids), jnp.asarray(mask)).logits)
+    ones = 0.0 if cfg.norm_plus_one else 1.0  # the identity norm weight
+    no_qk = params | {
+        "layers": params["layers"]
+        | {k: jnp.full_like(params["layers"][k], ones) for k in ("q_norm", "k_norm")}
+    }
+    variants = {"no q/k norm": (no_qk, cfg)}
+    if kind == "gemma3":
+        variants["one RoPE for all layers"] = (params, cfg.replace(rope_local_theta=None))
+        variants["no RoPE scaling"] = (params, cfg.replace(rope_scaling=()))
+    for name, (p, c) in variants.items():
+        other = np.asarray(forward(p, c, jnp.asarray(ids), jnp.asarray(mask)).logits)
+        diff = np.abs(other - base)[valid].max()
+        assert diff > 1e-2, f"{kind}: {name} changes logits by only {diff:.2e}"
+
+
+def test_save_hf_round_trips_through_transformers(pair, tmp_path):
+    """save_hf writes a folder transformers loads into the same model (no missing or unexpected
+    tensors, same logits), and load_hf reads it back to the same config and parameters."""
+    from transformers import AutoModelForCausalLM
+
+    from ports.hf import save_hf
+
+    kind, hf, cfg, params = pair
+    save_hf(params, cfg, tmp_path)
+    back, info = AutoModelForCausalLM.from_pretrained(
+        tmp_path, attn_implementation="eager", output_loading_info=True
+    )
+    problems = {k: v for k, v in info.items() if v and k != "error_msgs"}
+    assert not problems, f"{kind}: {problems}"
+    assert type(back) is type(hf)
+    ids, mask = left_padded_batch(seed=5)
+    valid = mask.astype(bool)
+    ref = _hf_forward(hf, ids, mask).logits.numpy()
+    got = _hf_forward(back.eval(), ids, mask).logits.numpy()
+    assert np.abs(got - ref)[valid].max() <= 1e-5 * max(1.0, np.abs(ref).max()), kind
+    cfg2, params2 = load_hf(tmp_path)
+    assert cfg2 == cfg
+    for a, b in zip(jax.tree.leaves(params2), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_multimodal_gemma3_text_part_matches_hf(tmp_path):
+    """A Gemma3ForConditionalGeneration folder (text_config, tensors under language_model.*, a
+    vision tower we do not use): load_hf reads the language model, whose logits on text match
+    transformers' multimodal model."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    from tests.support.hf_tiny import hf_config
+
+    torch.manual_seed(0)
+    text = hf_config("gemma3")
+    vision = SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=8,
+    )  # fmt: skip
+    mm = Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4,
+        image_token_index=96, boi_token_index=94, eoi_token_index=95,
+    )  # fmt: skip
+    mm._attn_implementation = "eager"
+    model = Gemma3ForConditionalGeneration(mm).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "language_model" in name:
+                p.normal_(0, 0.3 if "norm" in name else 4 / np.sqrt(p.shape[-1]))
+    model.save_pretrained(tmp_path)
+    cfg, params = load_hf(tmp_path)
+    assert cfg.family == "gemma3" and cfg.layer_is_sliding == (True, False, True)
+    ids, mask = left_padded_batch(seed=6)
+    ref = _hf_forward(model, ids, mask).logits.numpy()
+    ours = np.asarray(forward(params, cfg, jnp.asarray(ids), jnp.asarray(mask)).logits)
+    valid = mask.astype(bool)
+    assert np.abs(ref).max() > 1.0
+    err = np.abs(ours - ref)[valid].max()
+    assert err <= 1e-4 * np.abs(ref).max(), f"logits max-abs error {err:.2e}"

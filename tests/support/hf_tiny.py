@@ -12,11 +12,15 @@ INIT = {
     "llama3": (0.05, 1.0, 0.1),
     "llama_tied": (1.0, 2.0, 0.1),
     "qwen2": (0.05, 2.0, 0.1),
+    "gemma3": (0.05, 1.0, 0.1),
+    "qwen3": (0.05, 2.0, 0.1),
 }
+# (mean, std) of the per-head q/k norm weights: Gemma scales by (1 + w), Qwen3 by w.
+QK_NORM = {"gemma3": (0.0, 0.3), "qwen3": (1.0, 0.3)}
 
 
 def hf_config(kind: str):
-    from transformers import Gemma2Config, LlamaConfig, Qwen2Config
+    from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=VOCAB,
@@ -50,6 +54,19 @@ def hf_config(kind: str):
         return LlamaConfig(tie_word_embeddings=True, **common)
     if kind == "qwen2":
         return Qwen2Config(tie_word_embeddings=True, **common)
+    if kind == "gemma3":
+        # Layers sliding, global, sliding; window 5 < the 12-token prompts; local and global
+        # RoPE bases differ and the global one is linearly scaled; head_dim != hidden / heads.
+        rope = {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
+            "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0},
+        }
+        return Gemma3TextConfig(
+            head_dim=16, sliding_window=5, sliding_window_pattern=2, query_pre_attn_scalar=12,
+            rope_parameters=rope, **common,
+        )  # fmt: skip
+    if kind == "qwen3":  # untied, head_dim 24 != hidden / heads = 8
+        return Qwen3Config(head_dim=24, tie_word_embeddings=False, rope_theta=1e6, **common)
     raise KeyError(kind)
 
 
@@ -63,7 +80,9 @@ def make_hf_model(kind: str, seed: int = 0):
     embed_std, gain, bias_std = INIT[kind]
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if ("q_norm" in name or "k_norm" in name) and kind in QK_NORM:
+                p.normal_(*QK_NORM[kind])
+            elif "norm" in name:
                 p.normal_(0, NORM_STD)
             elif "bias" in name:
                 p.normal_(0, bias_std)

@@ -4,7 +4,9 @@ subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8; prints one J
 For each layout (data x model) = 8x1 (data parallel), 2x4 (both), 1x8 (tensor parallel): the
 model is loaded sharded from an HF folder (ports.hf.load_hf(mesh=)), SAEs are split over their
 width, prompts over the data axis; forward logits, greedy generation, LA-IG attributions, SAE
-encode and a sweep are compared with the same computations on one device.
+encode and a sweep are compared with the same computations on one device. A Gemma 3 model (q/k
+norms, local and global RoPE) and a Qwen3 model (q/k norms, head_dim != d_model / n_heads, untied)
+are also loaded sharded and compared on logits and greedy tokens.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ports.hf import load_hf, save_hf  # noqa: E402
 from ports.loading import load_model  # noqa: E402
 from refusal_jax import sae as sae_lib  # noqa: E402
 from refusal_jax.core.checkpoint import save_model
-from refusal_jax.core.config import gemma2_config  # noqa: E402
+from refusal_jax.core.config import ModelConfig, gemma2_config, gemma3_config  # noqa: E402
 from refusal_jax.core.model import forward, generate, init_params  # noqa: E402
 from refusal_jax.core.sharding import make_mesh, shard_batch, shard_saes  # noqa: E402
 from refusal_jax.method.laig import feature_attributions, la_ig, position_weights  # noqa: E402
@@ -35,6 +37,55 @@ CFG = gemma2_config(
     sliding_window=6, eos_token_ids=(1,),
 )  # fmt: skip
 D_SAE = 64
+# The families with q/k norms: 4 KV heads (split over 4, replicated over 8), 8 query heads.
+GEMMA3 = gemma3_config(
+    vocab_size=64, d_model=32, n_layers=3, n_heads=8, n_kv_heads=4, head_dim=8, d_mlp=64,
+    sliding_window=4, sliding_layers=(True, False, True), rope_local_theta=50.0,
+    rope_theta=1000.0, rope_scaling=(("factor", 4.0), ("rope_type", "linear")), eos_token_ids=(1,),
+)  # fmt: skip
+QWEN3 = ModelConfig(
+    family="qwen3", vocab_size=64, d_model=32, n_layers=2, n_heads=8, n_kv_heads=4, head_dim=12,
+    d_mlp=64, qk_norm=True, tie_embeddings=False, eos_token_ids=(1,),
+)  # fmt: skip
+
+
+def _random_norms(params, key):
+    """Norm weights away from the identity, so that a misplaced q/k norm would show."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(key, len(leaves))
+    out = [
+        v + 0.3 * jax.random.normal(k, v.shape) if "norm" in jax.tree_util.keystr(path) else v
+        for (path, v), k in zip(leaves, keys)
+    ]
+    return jax.tree.unflatten(treedef, out)
+
+
+def qk_norm_families(tmp: Path, ids, mask, one) -> dict:
+    """Sharded vs one device for GEMMA3 and QWEN3 (logits, greedy tokens) per layout."""
+    report = {}
+    for cfg in (GEMMA3, QWEN3):
+        params = init_params(cfg, jax.random.PRNGKey(2), scale=0.3)
+        params = _random_norms(params | {"embed": params["embed"] * 0.2}, jax.random.PRNGKey(3))
+        save_hf(params, cfg, tmp / cfg.family)
+        with jax.default_device(one):
+            _, p1 = load_hf(tmp / cfg.family)
+            ref_logits = np.asarray(forward(p1, cfg, jnp.asarray(ids), jnp.asarray(mask)).logits)
+            ref_tokens = np.asarray(generate(p1, cfg, ids, mask, max_new_tokens=6).tokens)
+        for data, model in ((8, 1), (2, 4), (1, 8)):
+            mesh = make_mesh(data=data, model=model)
+            _, p = load_hf(tmp / cfg.family, mesh=mesh)
+            i, m = shard_batch(mesh, ids, mask)
+            logits = np.asarray(forward(p, cfg, i, m).logits)
+            tokens = np.asarray(generate(p, cfg, i, m, max_new_tokens=6).tokens)
+            report[f"{cfg.family}/{data}x{model}"] = {
+                "q_norm_spec": [str(x) for x in p["layers"]["q_norm"].sharding.spec],
+                "q_spec": [str(x) for x in p["layers"]["q"].sharding.spec],
+                "logits_max_abs_err": float(np.abs(logits - ref_logits).max()),
+                "logits_scale": float(np.abs(ref_logits).max()),
+                "tokens_equal": bool((tokens == ref_tokens).all()),
+                "distinct_tokens": len(np.unique(ref_tokens)),
+            }
+    return report
 
 
 def main() -> None:
@@ -125,6 +176,7 @@ def main() -> None:
             "sweep_max_rel_err": float(np.abs(sw - sweep_ref).max() / scale),
             "logits_scale": float(np.abs(ref["logits"]).max()),
         }
+    report.update(qk_norm_families(tmp, ids, mask, one))
     print(json.dumps(report))
 
 
