@@ -26,19 +26,21 @@ one from the file)::
 
 from __future__ import annotations
 
-import argparse
-import math
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ports.convert import converter_args, save_converted
 from ports.safetensors_io import CheckpointError
 from refusal_jax.core import layout
-from refusal_jax.core.checkpoint import save_model
-from refusal_jax.core.config import ModelConfig, UnsupportedConfigError, gemma3_sliding_layers
+from refusal_jax.core.config import (
+    GEMMA_BLOCK,
+    ModelConfig,
+    UnsupportedConfigError,
+    gemma3_sliding_layers,
+)
 from refusal_jax.core.model import rope_inv_freq
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
@@ -204,10 +206,7 @@ def config_from_gguf(reader) -> ModelConfig:
     if arch == "gemma3":
         sliding = gemma3_sliding_layers(n_layers, GEMMA3_SLIDING_PATTERN)
         family = dict(
-            norm_plus_one=True,
-            sandwich_norms=True,
-            embed_scale=True,
-            activation="gelu_tanh",
+            **GEMMA_BLOCK,
             rope_local_theta=GEMMA3_LOCAL_ROPE_THETA if any(sliding) else None,
             query_pre_attn_scalar=(
                 d_model // n_heads if n_layers == GEMMA3_27B_LAYERS else head_dim
@@ -325,16 +324,9 @@ def save_tokenizer(path, out) -> str | None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--gguf", required=True, help="a llama/qwen2/qwen3/gemma3 .gguf file")
-    p.add_argument("--out", required=True, help="output folder for the converted checkpoint")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = p.parse_args(argv)
-
+    args = converter_args(__doc__, "--gguf", "a llama/qwen2/qwen3/gemma3 .gguf file", argv)
     cfg, params = load_gguf(args.gguf, dtype=jnp.dtype(args.dtype))
-    save_model(args.out, cfg, params)
-    n = sum(int(math.prod(x.shape)) for x in jax.tree.leaves(params))
-    print(f"converted {cfg.family} ({n / 1e6:.1f}M parameters, {args.dtype}) -> {args.out}")
+    save_converted(args, cfg, params)
     problem = save_tokenizer(args.gguf, args.out)
     if problem is None:
         print(f"tokenizer built by transformers from the GGUF metadata saved to {args.out}")

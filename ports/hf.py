@@ -9,7 +9,6 @@ once into an orbax checkpoint that :func:`ports.loading.load_model` restores fas
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -18,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ports.convert import converter_args, save_converted
 from ports.safetensors_io import CheckpointError, load_file, read_header, save_file
 from refusal_jax.core import layout
-from refusal_jax.core.checkpoint import save_model
 from refusal_jax.core.config import ModelConfig, UnsupportedConfigError, config_from_hf
 from refusal_jax.core.sharding import param_shardings
 
@@ -192,6 +191,16 @@ def to_hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
     return out
 
 
+# family -> (HF model_type, architecture) written by :func:`hf_config_dict`
+_HF_ARCHITECTURES = {
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+    "llama": ("llama", "LlamaForCausalLM"),
+    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+}
+
+
 def hf_config_dict(cfg: ModelConfig) -> dict:
     """An HF ``config.json`` dict that round-trips through :func:`config_from_hf`."""
     d = {
@@ -213,51 +222,34 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
     }
     if cfg.rope_scaling:
         d["rope_scaling"] = dict(cfg.rope_scaling)
-    layer_types = ["sliding_attention" if s else "full_attention" for s in cfg.layer_is_sliding]
-    if cfg.family == "gemma3":
+    if cfg.family not in _HF_ARCHITECTURES:
+        raise UnsupportedConfigError(f"no Hugging Face config known for family {cfg.family!r}")
+    model_type, architecture = _HF_ARCHITECTURES[cfg.family]
+    d.update(model_type=model_type, architectures=[architecture])
+    if cfg.family in ("gemma2", "gemma3"):
         d.update(
-            model_type="gemma3_text",
-            architectures=["Gemma3ForCausalLM"],
-            hidden_activation="gelu_pytorch_tanh",
-            rope_local_base_freq=cfg.rope_local_theta or cfg.rope_theta,
-            attn_logit_softcapping=None,
-            final_logit_softcapping=cfg.final_softcap,
-            query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
-            sliding_window=cfg.sliding_window,
-            layer_types=layer_types,
-            attention_bias=False,
-            use_bidirectional_attention=False,
-        )
-    elif cfg.family == "qwen3":
-        d.update(
-            model_type="qwen3",
-            architectures=["Qwen3ForCausalLM"],
-            hidden_act="silu",
-            attention_bias=False,
-            use_sliding_window=False,
-        )
-    elif cfg.family == "gemma2":
-        d.update(
-            model_type="gemma2",
-            architectures=["Gemma2ForCausalLM"],
             hidden_activation="gelu_pytorch_tanh",
             attn_logit_softcapping=cfg.attn_softcap,
             final_logit_softcapping=cfg.final_softcap,
             query_pre_attn_scalar=cfg.query_pre_attn_scalar,
             sliding_window=cfg.sliding_window,
-            layer_types=layer_types,
-        )
-    elif cfg.family == "llama":
-        d.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu")
-    elif cfg.family == "qwen2":
-        d.update(
-            model_type="qwen2",
-            architectures=["Qwen2ForCausalLM"],
-            hidden_act="silu",
-            use_sliding_window=False,
+            layer_types=[
+                "sliding_attention" if s else "full_attention" for s in cfg.layer_is_sliding
+            ],
         )
     else:
-        raise UnsupportedConfigError(f"no Hugging Face config known for family {cfg.family!r}")
+        d.update(hidden_act="silu")
+    if cfg.family == "gemma3":
+        d.update(
+            rope_local_base_freq=cfg.rope_local_theta or cfg.rope_theta,
+            attn_logit_softcapping=None,
+            query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
+            use_bidirectional_attention=False,
+        )
+    if cfg.family in ("gemma3", "qwen3"):
+        d.update(attention_bias=False)
+    if cfg.family in ("qwen2", "qwen3"):
+        d.update(use_sliding_window=False)
     return d
 
 
@@ -273,16 +265,9 @@ def save_hf(params: dict, cfg: ModelConfig, folder) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--hf-dir", required=True, help="HF folder with config.json + safetensors")
-    p.add_argument("--out", required=True, help="output folder for the converted checkpoint")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = p.parse_args(argv)
-
+    args = converter_args(__doc__, "--hf-dir", "HF folder with config.json + safetensors", argv)
     cfg, params = load_hf(args.hf_dir, dtype=jnp.dtype(args.dtype))
-    save_model(args.out, cfg, params, tokenizer_dir=args.hf_dir)
-    n = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(params))
-    print(f"converted {cfg.family} ({n / 1e6:.1f}M parameters, {args.dtype}) -> {args.out}")
+    save_converted(args, cfg, params, tokenizer_dir=args.hf_dir)
 
 
 if __name__ == "__main__":

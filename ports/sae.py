@@ -29,6 +29,7 @@ import numpy as np
 
 from ports.safetensors_io import CheckpointError, load_file, save_file
 from refusal_jax import sae as sae_lib
+from refusal_jax.core.io import read_json_file
 from refusal_jax.sae import SAE, SAEConfig
 
 
@@ -44,15 +45,19 @@ GEMMASCOPE_FILE = "params.npz"
 
 # ----------------------------------------------------------------------------- helpers
 def _read_json(path: Path) -> dict:
-    if not path.exists():
-        raise SAEFormatError(f"{path}: file not found")
-    try:
-        out = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SAEFormatError(f"{path}: malformed JSON: {e}") from e
+    out = read_json_file(path, SAEFormatError)
     if not isinstance(out, dict):
         raise SAEFormatError(f"{path}: expected a JSON object, got {type(out).__name__}")
     return out
+
+
+def _config_and_weights(folder: Path, cfg_name: str, weights_name: str):
+    """(config dict, weights path, arrays) of a folder holding a JSON config and safetensors."""
+    raw = _read_json(folder / cfg_name)
+    wpath = folder / weights_name
+    if not wpath.exists():
+        raise SAEFormatError(f"{wpath}: file not found")
+    return raw, wpath, dict(load_file(wpath))
 
 
 def _get(arrays: dict, key: str, where) -> np.ndarray:
@@ -229,11 +234,7 @@ def load_saelens(folder, expected_d_in=None, input_scale=None, dtype=jnp.float32
     factor when ``normalize_activations`` is ``expected_average_only_in`` and cfg has none.
     """
     folder = Path(folder)
-    raw = _read_json(folder / SAELENS_CFG)
-    wpath = folder / SAELENS_WEIGHTS
-    if not wpath.exists():
-        raise SAEFormatError(f"{wpath}: file not found")
-    arrays = dict(load_file(wpath))
+    raw, wpath, arrays = _config_and_weights(folder, SAELENS_CFG, SAELENS_WEIGHTS)
     d_in, d_sae = _widths(arrays, wpath)
     cfg = _saelens_config(raw, d_in, d_sae, folder / SAELENS_CFG, input_scale)
     out = {k: _get(arrays, k, wpath) for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
@@ -302,11 +303,7 @@ def load_llamascope(
     is used instead of the scalar.
     """
     folder = Path(folder)
-    hp = _read_json(folder / LLAMASCOPE_CFG)
-    wpath = folder / LLAMASCOPE_WEIGHTS
-    if not wpath.exists():
-        raise SAEFormatError(f"{wpath}: file not found")
-    arrays = dict(load_file(wpath))
+    hp, wpath, arrays = _config_and_weights(folder, LLAMASCOPE_CFG, LLAMASCOPE_WEIGHTS)
     for key in ("d_model", "d_sae"):
         if key not in hp:
             raise SAEFormatError(f"{folder / LLAMASCOPE_CFG}: missing field {key!r}")

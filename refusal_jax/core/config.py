@@ -117,40 +117,48 @@ class ModelConfig:
         return cls(**d)
 
 
-def gemma2_config(
-    *, vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, d_mlp, **kw
-) -> ModelConfig:
-    """A Gemma-2 config with the family's fixed choices (softcaps, sandwich norms, ...)."""
+SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_mlp")
+
+
+def shape_kw(*sizes: int) -> dict:
+    """The seven sizes that fix the parameter shapes, in :data:`SHAPE_FIELDS` order, as
+    :class:`ModelConfig` keywords: ``ModelConfig(family=f, **shape_kw(V, D, L, H, KV, Dh, F))``."""
+    if len(sizes) != len(SHAPE_FIELDS):
+        raise TypeError(f"shape_kw takes {len(SHAPE_FIELDS)} sizes {SHAPE_FIELDS}, got {sizes}")
+    return dict(zip(SHAPE_FIELDS, sizes))
+
+
+def _family_config(family: str, defaults: dict, sliding_layers: tuple, /, **kw) -> ModelConfig:
+    """``ModelConfig(family, **kw)`` over a family's ``defaults``; ``sliding_layers`` unless
+    ``kw`` names its own."""
+    return ModelConfig(family=family, **{**defaults, "sliding_layers": sliding_layers, **kw})
+
+
+# The block design every Gemma generation shares (also what a Gemma GGUF file implies).
+GEMMA_BLOCK = dict(
+    norm_plus_one=True, sandwich_norms=True, embed_scale=True, activation="gelu_tanh"
+)
+_GEMMA_DEFAULTS = dict(
+    **GEMMA_BLOCK, norm_eps=1e-6, tie_embeddings=True, bos_token_id=2, pad_token_id=0
+)
+
+
+def gemma2_config(*, n_layers: int, head_dim: int, **kw) -> ModelConfig:
+    """A Gemma-2 config with the family's fixed choices (softcaps, sandwich norms, ...).
+
+    Pass the shape (``vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, d_mlp``)
+    as keywords; any other :class:`ModelConfig` field given overrides the family default."""
     defaults = dict(
-        norm_eps=1e-6,
+        **_GEMMA_DEFAULTS,
         rope_theta=10000.0,
-        tie_embeddings=True,
-        norm_plus_one=True,
-        sandwich_norms=True,
-        embed_scale=True,
         attn_softcap=50.0,
         final_softcap=30.0,
         query_pre_attn_scalar=head_dim,
         sliding_window=4096,
-        activation="gelu_tanh",
-        bos_token_id=2,
         eos_token_ids=(1, 107),
-        pad_token_id=0,
     )
-    defaults.update(kw)
-    if "sliding_layers" not in kw:
-        defaults["sliding_layers"] = tuple(i % 2 == 0 for i in range(n_layers))
-    return ModelConfig(
-        family="gemma2",
-        vocab_size=vocab_size,
-        d_model=d_model,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
-        head_dim=head_dim,
-        d_mlp=d_mlp,
-        **defaults,
-    )
+    sliding = tuple(i % 2 == 0 for i in range(n_layers))
+    return _family_config("gemma2", defaults, sliding, n_layers=n_layers, head_dim=head_dim, **kw)
 
 
 def gemma3_sliding_layers(n_layers: int, pattern: int = 6) -> tuple[bool, ...]:
@@ -158,42 +166,23 @@ def gemma3_sliding_layers(n_layers: int, pattern: int = 6) -> tuple[bool, ...]:
     return tuple(bool((i + 1) % pattern) for i in range(n_layers))
 
 
-def gemma3_config(
-    *, vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, d_mlp, **kw
-) -> ModelConfig:
+def gemma3_config(*, n_layers: int, head_dim: int, **kw) -> ModelConfig:
     """A Gemma 3 (text) config with the family's fixed choices: q/k norms, sandwich norms,
-    5 sliding layers per global one, local RoPE base 10k and global 1M, no softcapping."""
+    5 sliding layers per global one, local RoPE base 10k and global 1M, no softcapping.
+
+    Keywords as for :func:`gemma2_config`."""
     defaults = dict(
-        norm_eps=1e-6,
+        **_GEMMA_DEFAULTS,
         rope_theta=1_000_000.0,
         rope_local_theta=10_000.0,
-        tie_embeddings=True,
         qk_norm=True,
-        norm_plus_one=True,
-        sandwich_norms=True,
-        embed_scale=True,
         query_pre_attn_scalar=head_dim,
         sliding_window=512,
-        activation="gelu_tanh",
         max_position_embeddings=32768,
-        bos_token_id=2,
         eos_token_ids=(1, 106),
-        pad_token_id=0,
     )
-    defaults.update(kw)
-    if "sliding_layers" not in kw:
-        defaults["sliding_layers"] = gemma3_sliding_layers(n_layers)
-    return ModelConfig(
-        family="gemma3",
-        vocab_size=vocab_size,
-        d_model=d_model,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
-        head_dim=head_dim,
-        d_mlp=d_mlp,
-        **defaults,
-    )
+    sliding = gemma3_sliding_layers(n_layers)
+    return _family_config("gemma3", defaults, sliding, n_layers=n_layers, head_dim=head_dim, **kw)
 
 
 _LLAMA31_ROPE = (
@@ -204,46 +193,25 @@ _LLAMA31_ROPE = (
     ("rope_type", "llama3"),
 )
 
+_QWEN_DEFAULTS = dict(norm_eps=1e-6, rope_theta=1000000.0, tie_embeddings=True)
+
+# Shapes as shape_kw(vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, d_mlp).
 PRESETS: dict[str, ModelConfig] = {
     "gemma2-2b": gemma2_config(
-        vocab_size=256000,
-        d_model=2304,
-        n_layers=26,
-        n_heads=8,
-        n_kv_heads=4,
-        head_dim=256,
-        d_mlp=9216,
+        **shape_kw(256000, 2304, 26, 8, 4, 256, 9216),
         query_pre_attn_scalar=256,
     ),
     "gemma2-9b": gemma2_config(
-        vocab_size=256000,
-        d_model=3584,
-        n_layers=42,
-        n_heads=16,
-        n_kv_heads=8,
-        head_dim=256,
-        d_mlp=14336,
+        **shape_kw(256000, 3584, 42, 16, 8, 256, 14336),
         query_pre_attn_scalar=256,
     ),
     "gemma2-27b": gemma2_config(
-        vocab_size=256000,
-        d_model=4608,
-        n_layers=46,
-        n_heads=32,
-        n_kv_heads=16,
-        head_dim=128,
-        d_mlp=36864,
+        **shape_kw(256000, 4608, 46, 32, 16, 128, 36864),
         query_pre_attn_scalar=144,
     ),
     "llama3.1-8b": ModelConfig(
         family="llama",
-        vocab_size=128256,
-        d_model=4096,
-        n_layers=32,
-        n_heads=32,
-        n_kv_heads=8,
-        head_dim=128,
-        d_mlp=14336,
+        **shape_kw(128256, 4096, 32, 32, 8, 128, 14336),
         norm_eps=1e-5,
         rope_theta=500000.0,
         rope_scaling=_LLAMA31_ROPE,
@@ -254,42 +222,20 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     "qwen2.5-1.5b": ModelConfig(
         family="qwen2",
-        vocab_size=151936,
-        d_model=1536,
-        n_layers=28,
-        n_heads=12,
-        n_kv_heads=2,
-        head_dim=128,
-        d_mlp=8960,
-        norm_eps=1e-6,
-        rope_theta=1000000.0,
-        tie_embeddings=True,
+        **shape_kw(151936, 1536, 28, 12, 2, 128, 8960),
+        **_QWEN_DEFAULTS,
         qkv_bias=True,
         max_position_embeddings=32768,
         eos_token_ids=(151645, 151643),
     ),
     # google/gemma-3-270m (checked against its GGUF in tests/ports/test_gguf.py)
     "gemma3-270m": gemma3_config(
-        vocab_size=262144,
-        d_model=640,
-        n_layers=18,
-        n_heads=4,
-        n_kv_heads=1,
-        head_dim=256,
-        d_mlp=2048,
+        **shape_kw(262144, 640, 18, 4, 1, 256, 2048),
     ),
     "qwen3-0.6b": ModelConfig(
         family="qwen3",
-        vocab_size=151936,
-        d_model=1024,
-        n_layers=28,
-        n_heads=16,
-        n_kv_heads=8,
-        head_dim=128,
-        d_mlp=3072,
-        norm_eps=1e-6,
-        rope_theta=1000000.0,
-        tie_embeddings=True,
+        **shape_kw(151936, 1024, 28, 16, 8, 128, 3072),
+        **_QWEN_DEFAULTS,
         qk_norm=True,
         max_position_embeddings=40960,
         bos_token_id=151643,

@@ -48,6 +48,18 @@ def read_json(path):
     return json.loads(Path(path).read_text())
 
 
+def read_json_file(path, error: type[Exception] = ValueError, what: str = "file"):
+    """The JSON value in ``path``; a missing file or malformed JSON raises ``error`` naming the
+    path (``"<path>: no such <what>"``, ``"<path>: not valid JSON (...)"``)."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: no such {what}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from e
+
+
 def save_arrays_atomic(path, arrays: dict) -> None:
     """Save a flat dict of arrays as safetensors atomically."""
     path = Path(path)

@@ -246,16 +246,7 @@ def remat_policy(remat):
 
 
 def _run_layers(
-    params,
-    cfg,
-    x,
-    rope,
-    patch,
-    ctx,
-    attend_for_layer,
-    layer_xs,
-    with_unpatched=False,
-    remat=False,
+    params, cfg, x, rope, patch, ctx, attend_for_layer, layer_xs, with_unpatched=False, remat=False
 ):
     """Scan the stacked layers; returns final residual, stacked resid_post, stacked (k, v).
 
@@ -318,18 +309,8 @@ def forward_fn(
         m = jnp.where(is_sliding, sliding, full)
         return lambda q, k, v: _attend(cfg, q, k, v, m)
 
-    h, ys = _run_layers(
-        params,
-        cfg,
-        x,
-        rope,
-        patch,
-        ctx,
-        attend_for_layer,
-        None,
-        with_unpatched=return_residuals,
-        remat=remat,
-    )
+    layers_in = (params, cfg, x, rope, patch, ctx, attend_for_layer, None)
+    h, ys = _run_layers(*layers_in, with_unpatched=return_residuals, remat=remat)
     logits = unembed(params, cfg, h[:, -1:] if last_logits_only else h)
     if not return_residuals:
         return ForwardOutput(logits, kv=ys[1] if return_kv else None)

@@ -115,8 +115,18 @@ class AddVector:
         return _count_if(self.coeff, 1)
 
 
+class _OfPatches:
+    """Row slicing and row count of a patch made of the patches in ``self.patches``."""
+
+    def rows(self, start, size):
+        return self.replace(patches=tuple(patch_rows(p, start, size) for p in self.patches))
+
+    def n_rows(self):
+        return _agree((patch_n_rows(p) for p in self.patches), type(self).__name__)
+
+
 @struct.dataclass
-class Compose:
+class Compose(_OfPatches):
     """Apply several patches in order at every layer (left to right)."""
 
     patches: tuple
@@ -126,15 +136,9 @@ class Compose:
             x = p(x, layer, ctx)
         return x
 
-    def rows(self, start, size):
-        return self.replace(patches=tuple(patch_rows(p, start, size) for p in self.patches))
-
-    def n_rows(self):
-        return _agree((patch_n_rows(p) for p in self.patches), "Compose")
-
 
 @struct.dataclass
-class Simultaneous:
+class Simultaneous(_OfPatches):
     """Apply several patches to the same input and add their edits: x + sum_i (p_i(x) - x).
 
     For SAE feature edits of disjoint feature sets at one layer this is one encode -> edit every
@@ -148,12 +152,6 @@ class Simultaneous:
         for p in self.patches:
             out = out + (p(x, layer, ctx) - x)
         return out
-
-    def rows(self, start, size):
-        return self.replace(patches=tuple(patch_rows(p, start, size) for p in self.patches))
-
-    def n_rows(self):
-        return _agree((patch_n_rows(p) for p in self.patches), "Simultaneous")
 
 
 @struct.dataclass

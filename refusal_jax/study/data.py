@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 
+from refusal_jax.core.io import read_json_file
+
 ENV_VAR = "REFUSAL_JAX_DATA"
 EVAL_SETS = ("harmbench_test", "jailbreakbench", "advbench")
 
@@ -38,12 +40,7 @@ def data_dir(path=None) -> Path:
 def read_instructions(path, *, with_category: bool = False):
     """Read a JSON list of {"instruction", "category"} records."""
     path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"{path}: no such dataset file")
-    try:
-        records = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from e
+    records = read_json_file(path, DatasetError, "dataset file")
     if not isinstance(records, list) or not records:
         raise DatasetError(f"{path}: expected a non-empty JSON list of records")
     out = []

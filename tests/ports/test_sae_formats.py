@@ -309,7 +309,7 @@ def test_bad_files_give_clear_errors(tmp_path):
         sae_io.load_sae(tmp_path / "wd")
     write_saelens(tmp_path / "js", {}, a)
     (tmp_path / "js" / "cfg.json").write_text("{not json")
-    with pytest.raises(sae_io.SAEFormatError, match="malformed JSON"):
+    with pytest.raises(sae_io.SAEFormatError, match="not valid JSON"):
         sae_io.load_sae(tmp_path / "js")
     folder = tmp_path / "llama"
     write_llamascope(folder)
