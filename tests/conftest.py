@@ -5,3 +5,36 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+# ----------------------------------------------------------------------------- shared fixtures
+# Session-scoped, so every test file reuses the same arrays (and, through equal static configs,
+# the same compiled functions). The shapes are in tests/support/tiny.py.
+import pytest  # noqa: E402
+
+from refusal_jax.organism import load_organism  # noqa: E402
+from tests.support import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    """Weights of :data:`tests.support.tiny.TINY` (3 layers)."""
+    return tiny.tiny_params(tiny.TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny4_params():
+    """Weights of :data:`tests.support.tiny.TINY4` (4 layers)."""
+    return tiny.tiny_params(tiny.TINY4)
+
+
+@pytest.fixture(scope="session")
+def tiny_saes():
+    """JumpReLU SAEs (d_sae 96) at every layer of ``TINY``."""
+    return tiny.jumprelu_saes(tiny.TINY, tiny.TINY_D_SAE)
+
+
+@pytest.fixture(scope="session")
+def organism():
+    """The trained organism (refusal_jax/organism/artifacts) as (cfg, params, tokenizer),
+    loaded once per session."""
+    return load_organism()

@@ -14,27 +14,12 @@ from flax import struct
 from ports.hf import load_hf, save_hf
 from ports.loading import load_model
 from ports.safetensors_io import CheckpointError, load_file, save_file
-from refusal_jax.core.config import UnsupportedConfigError, config_from_hf, gemma2_config
-from refusal_jax.core.model import forward, generate, init_params
-from refusal_jax.core.patches import AddVector, Compose, Identity, PromptOnly, add_at_layers
+from refusal_jax.core.config import UnsupportedConfigError, config_from_hf
+from refusal_jax.core.model import forward, generate
+from refusal_jax.core.patches import AddVector, add_at_layers
+from tests.support.tiny import TINY4
 
-CFG = gemma2_config(
-    vocab_size=64,
-    d_model=32,
-    n_layers=4,
-    n_heads=4,
-    n_kv_heads=2,
-    head_dim=8,
-    d_mlp=64,
-    sliding_window=6,
-    eos_token_ids=(1,),
-)
-
-
-@pytest.fixture(scope="module")
-def params():
-    p = init_params(CFG, jax.random.PRNGKey(0), scale=0.3)
-    return jax.tree.map(lambda x: x, p) | {"embed": p["embed"] * 0.2}
+CFG = TINY4
 
 
 def _batch(seed=0, b=3, t=10, pads=(0, 3, 6)):
@@ -44,55 +29,6 @@ def _batch(seed=0, b=3, t=10, pads=(0, 3, 6)):
     for row, n in enumerate(pads):
         ids[row, :n], mask[row, :n] = 0, 0
     return jnp.asarray(ids), jnp.asarray(mask)
-
-
-def test_identity_patch_is_no_patch(params):
-    ids, mask = _batch()
-    a = forward(params, CFG, ids, mask)
-    b = forward(params, CFG, ids, mask, patch=Compose((Identity(), Identity())))
-    np.testing.assert_array_equal(np.asarray(a.logits), np.asarray(b.logits))
-
-
-def test_add_vector_patch_edits_exactly_the_chosen_layer(params):
-    ids, mask = _batch()
-    v = jax.random.normal(jax.random.PRNGKey(1), (CFG.d_model,))
-    clean = forward(params, CFG, ids, mask, return_residuals=True)
-    steered = forward(
-        params,
-        CFG,
-        ids,
-        mask,
-        patch=add_at_layers(v, [2], CFG.n_layers, 3.0),
-        return_residuals=True,
-    )
-    # Layers before 2 are untouched; layer 2's output is shifted by exactly 3 v.
-    np.testing.assert_allclose(steered.resid_post[:2], clean.resid_post[:2], atol=1e-6)
-    np.testing.assert_allclose(
-        steered.resid_post[2] - clean.resid_post[2],
-        np.broadcast_to(3.0 * v, clean.resid_post[2].shape),
-        atol=1e-5,
-    )
-    assert np.abs(np.asarray(steered.logits - clean.logits)).max() > 1e-2
-    # resid_pre of layer 3 is the patched resid_post of layer 2.
-    np.testing.assert_array_equal(
-        np.asarray(steered.resid_pre[3]), np.asarray(steered.resid_post[2])
-    )
-
-
-def test_per_sample_coefficients_and_composition(params):
-    ids, mask = _batch()
-    v = jax.random.normal(jax.random.PRNGKey(2), (CFG.d_model,))
-    single = add_at_layers(v, [1], CFG.n_layers, 1.0)
-    per_sample = single.replace(coeff=jnp.array([0.0, 1.0, 2.0]))
-    out = forward(params, CFG, ids, mask, patch=per_sample, return_residuals=True)
-    clean = forward(params, CFG, ids, mask, return_residuals=True)
-    np.testing.assert_allclose(out.resid_post[1, 0], clean.resid_post[1, 0], atol=1e-6)
-    twice = forward(params, CFG, ids, mask, patch=Compose((single, single)), return_residuals=True)
-    doubled = forward(
-        params, CFG, ids, mask, patch=single.replace(coeff=jnp.float32(2.0)), return_residuals=True
-    )
-    np.testing.assert_allclose(twice.resid_post, doubled.resid_post, atol=1e-5)
-    np.testing.assert_allclose(out.resid_post[:, 2], doubled.resid_post[:, 2], atol=1e-5)
 
 
 def _reference_greedy(params, ids, mask, n, patch_fn):
@@ -123,13 +59,13 @@ class _AddBeforeSlot:
 
 
 @pytest.mark.parametrize("prompt_only", [False, True])
-def test_kv_cache_generation_matches_cache_free_reference(params, prompt_only):
+def test_kv_cache_generation_matches_cache_free_reference(tiny4_params, prompt_only):
     ids, mask = _batch(seed=5)
     v = 2.0 * jax.random.normal(jax.random.PRNGKey(3), (CFG.d_model,))
     steer = add_at_layers(v, [1, 2], CFG.n_layers)
     n = 12  # prompt 10 + 12 new > sliding window 6: the window applies in the cache too
     got = generate(
-        params,
+        tiny4_params,
         CFG,
         ids,
         mask,
@@ -140,30 +76,26 @@ def test_kv_cache_generation_matches_cache_free_reference(params, prompt_only):
     )
     t = ids.shape[1]
     ref = _reference_greedy(
-        params,
+        tiny4_params,
         ids,
         mask,
         n,
         (lambda length: _AddBeforeSlot(steer, t)) if prompt_only else (lambda length: steer),
     )
     np.testing.assert_array_equal(np.asarray(got.tokens), ref)
-    plain = generate(params, CFG, ids, mask, max_new_tokens=n, eos_token_ids=())
+    plain = generate(tiny4_params, CFG, ids, mask, max_new_tokens=n, eos_token_ids=())
     assert (np.asarray(plain.tokens) != ref).any(), "the patch should change the continuation"
 
 
-def test_prompt_only_wrapper_equals_generate_flag(params):
-    ids, mask = _batch(seed=6)
-    steer = add_at_layers(jnp.ones((CFG.d_model,)), [0], CFG.n_layers, 2.0)
-    a = generate(params, CFG, ids, mask, max_new_tokens=6, patch=steer, patch_prompt_only=True)
-    b = generate(params, CFG, ids, mask, max_new_tokens=6, patch=PromptOnly(steer))
-    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
-
-
-def test_generation_stops_per_sequence(params):
+def test_generation_stops_per_sequence(tiny4_params):
     ids, mask = _batch(seed=7)
-    free = np.asarray(generate(params, CFG, ids, mask, max_new_tokens=8, eos_token_ids=()).tokens)
+    free = np.asarray(
+        generate(tiny4_params, CFG, ids, mask, max_new_tokens=8, eos_token_ids=()).tokens
+    )
     eos = int(free[1, 2])
-    out = generate(params, CFG, ids, mask, max_new_tokens=8, eos_token_ids=(eos,), pad_token_id=0)
+    out = generate(
+        tiny4_params, CFG, ids, mask, max_new_tokens=8, eos_token_ids=(eos,), pad_token_id=0
+    )
     toks = np.asarray(out.tokens)
     for row in range(3):
         hits = np.flatnonzero(free[row] == eos)
@@ -172,15 +104,15 @@ def test_generation_stops_per_sequence(params):
         assert (toks[row, stop:] == 0).all() and int(out.lengths[row]) == stop
 
 
-def test_prompt_longer_than_context_is_refused(params):
+def test_prompt_longer_than_context_is_refused(tiny4_params):
     ids, mask = _batch()
     small = CFG.replace(max_position_embeddings=16)
     with pytest.raises(ValueError, match="exceeds the model context"):
-        generate(params, small, ids, mask, max_new_tokens=10)
+        generate(tiny4_params, small, ids, mask, max_new_tokens=10)
 
 
-def test_hf_folder_and_orbax_round_trip(params, tmp_path):
-    save_hf(params, CFG, tmp_path / "hf")
+def test_hf_folder_and_orbax_round_trip(tiny4_params, tmp_path):
+    save_hf(tiny4_params, CFG, tmp_path / "hf")
     cfg2, p2 = load_hf(tmp_path / "hf")
     assert cfg2 == CFG
     from ports.hf import main as convert
@@ -189,17 +121,17 @@ def test_hf_folder_and_orbax_round_trip(params, tmp_path):
     cfg3, p3 = load_model(tmp_path / "conv")
     assert cfg3 == CFG
     ids, mask = _batch()
-    ref = forward(params, CFG, ids, mask).logits
+    ref = forward(tiny4_params, CFG, ids, mask).logits
     for p in (p2, p3):
         np.testing.assert_array_equal(
             np.asarray(forward(p, CFG, ids, mask).logits), np.asarray(ref)
         )
 
 
-def test_bfloat16_checkpoint_loads(params, tmp_path):
+def test_bfloat16_checkpoint_loads(tiny4_params, tmp_path):
     import ml_dtypes
 
-    save_hf(params, CFG, tmp_path)
+    save_hf(tiny4_params, CFG, tmp_path)
     tensors = {
         k: np.asarray(v).astype(ml_dtypes.bfloat16)
         for k, v in load_file(tmp_path / "model.safetensors").items()
@@ -210,12 +142,12 @@ def test_bfloat16_checkpoint_loads(params, tmp_path):
     _, p32 = load_hf(tmp_path, dtype=jnp.float32)
     np.testing.assert_array_equal(
         np.asarray(p32["embed"]),
-        np.asarray(params["embed"]).astype(ml_dtypes.bfloat16).astype(np.float32),
+        np.asarray(tiny4_params["embed"]).astype(ml_dtypes.bfloat16).astype(np.float32),
     )
 
 
-def test_sharded_checkpoint_loads(params, tmp_path):
-    save_hf(params, CFG, tmp_path)
+def test_sharded_checkpoint_loads(tiny4_params, tmp_path):
+    save_hf(tiny4_params, CFG, tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     names = sorted(tensors)
     half = len(names) // 2
@@ -229,11 +161,13 @@ def test_sharded_checkpoint_loads(params, tmp_path):
     index = {"weight_map": {k: f for f, ks in shards.items() for k in ks}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     _, p = load_hf(tmp_path)
-    np.testing.assert_array_equal(np.asarray(p["layers"]["q"]), np.asarray(params["layers"]["q"]))
+    np.testing.assert_array_equal(
+        np.asarray(p["layers"]["q"]), np.asarray(tiny4_params["layers"]["q"])
+    )
 
 
-def test_clear_errors_for_bad_checkpoints(params, tmp_path):
-    save_hf(params, CFG, tmp_path)
+def test_clear_errors_for_bad_checkpoints(tiny4_params, tmp_path):
+    save_hf(tiny4_params, CFG, tmp_path)
     tensors = {k: np.asarray(v) for k, v in load_file(tmp_path / "model.safetensors").items()}
     bad = dict(tensors)
     bad["model.layers.1.self_attn.k_proj.weight"] = np.zeros((8, 32), np.float32)

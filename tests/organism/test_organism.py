@@ -216,13 +216,6 @@ needs_artifacts = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def organism():
-    from refusal_jax.organism import load_organism
-
-    return load_organism()
-
-
 @needs_artifacts
 def test_organism_artifacts_are_small():
     total = sum(p.stat().st_size for p in MODEL_DIR.rglob("*") if p.is_file())
