@@ -44,10 +44,10 @@ gemma3: $(TEST_VENV)/.installed
 
 # pytest exits 5 when it collects no tests: that fails the make target, as it should.
 test: lint smollm2 gemma3
-	$(TEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(TEST_VENV)/bin/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-fast: lint
-	$(TEST_VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(TEST_VENV)/bin/python -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO_VENV) $(TEST_VENV) .pytest_cache
