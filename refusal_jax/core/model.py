@@ -36,12 +36,16 @@ Params = dict
 # ----------------------------------------------------------------------------- shapes / init
 def param_shapes(cfg: ModelConfig) -> dict:
     """Expected shape of every parameter (same nesting as the parameter pytree), from the
-    layout table :data:`refusal_jax.core.layout.TABLE`."""
+    layout table :data:`refusal_jax.core.layout.TABLE`; per-layer weights are stacked with a
+    leading [L] axis (e.g. ``layers.q`` [L, D, H*Dh])."""
     return layout.shapes(cfg)
 
 
-def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: float = 0.02) -> Params:
-    """Random parameters (normal(0, scale) weights; zero biases; norms at identity)."""
+def init_params(
+    cfg: ModelConfig, key: jax.Array, dtype: jnp.dtype = jnp.float32, scale: float = 0.02
+) -> Params:
+    """Random parameters (normal(0, scale) weights; zero biases; norms at identity), shaped as
+    :func:`param_shapes`."""
     rows = layout.tree(cfg, lambda p: p)
     leaves, treedef = jax.tree.flatten(rows, is_leaf=lambda p: isinstance(p, layout.Param))
     keys = jax.random.split(key, len(leaves))
@@ -60,7 +64,9 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: floa
 
 # ----------------------------------------------------------------------------- building blocks
 def rms_norm(x: jax.Array, weight: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """RMSNorm in float32; Gemma scales by (1 + w) before the cast, Llama by w after it."""
+    """RMSNorm in float32; Gemma scales by (1 + w) before the cast, Llama by w after it.
+
+    x [..., D] (any leading axes), weight [D] -> [..., D] in x's dtype."""
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + cfg.norm_eps)
     if cfg.norm_plus_one:
@@ -96,7 +102,7 @@ def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> np.ndarray:
 
 
 def rope_tables(
-    cfg: ModelConfig, positions: jax.Array, dtype, local: bool = False
+    cfg: ModelConfig, positions: jax.Array, dtype: jnp.dtype, local: bool = False
 ) -> tuple[jax.Array, jax.Array]:
     """cos, sin [B, T, head_dim] for integer positions [B, T] (HF's rotate-half layout);
     ``local``: for the sliding-window layers (see :func:`rope_inv_freq`)."""
@@ -129,7 +135,9 @@ def _apply_rope(x, cos, sin):
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
-    """Position ids under left padding: cumulative sum of the mask minus one (pads get 0)."""
+    """Position ids under left padding: cumulative sum of the mask minus one (pads get 0).
+
+    attention_mask [B, T] (1 = token) -> positions [B, T] int32."""
     m = attention_mask.astype(jnp.int32)
     return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0) * m
 
@@ -196,6 +204,7 @@ def _block(cfg, lp, x, cos, sin, attend_fn):
 
 
 def embed(params: Params, cfg: ModelConfig, input_ids: jax.Array) -> jax.Array:
+    """Token embeddings: input_ids [B, T] int -> [B, T, D] (Gemma: times sqrt(D))."""
     table = params["embed"]
     x = jnp.take(table, input_ids, axis=0)
     if cfg.embed_scale:
@@ -204,7 +213,8 @@ def embed(params: Params, cfg: ModelConfig, input_ids: jax.Array) -> jax.Array:
 
 
 def unembed(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
-    """Final norm, unembedding and (Gemma-2) final softcap; logits in float32."""
+    """Final norm, unembedding and (Gemma-2) final softcap: x [..., D] -> logits [..., V]
+    float32."""
     x = rms_norm(x, params["final_norm"], cfg)
     w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
     logits = jnp.einsum("...d,dv->...v", x, w, preferred_element_type=jnp.float32)
@@ -233,7 +243,7 @@ REMAT_POLICIES = {
 }
 
 
-def remat_policy(remat):
+def remat_policy(remat: bool | str | None):
     """``remat`` (False/None, True = "full", or a :data:`REMAT_POLICIES` name) -> the
     ``jax.checkpoint`` policy, or None for no rematerialisation."""
     if remat is None or remat is False:
@@ -275,7 +285,7 @@ def forward_fn(
     cfg: ModelConfig,
     input_ids: jax.Array,
     attention_mask: jax.Array | None = None,
-    patch=None,
+    patch: object | None = None,
     *,
     return_residuals: bool = False,
     return_kv: bool = False,
@@ -284,7 +294,9 @@ def forward_fn(
 ) -> ForwardOutput:
     """Un-jitted forward pass (use :func:`forward`, or call this inside your own jit/grad).
 
-    input_ids [B, T] int, attention_mask [B, T] (1 = token, 0 = left padding). ``patch`` is applied
+    input_ids [B, T] int, attention_mask [B, T] (1 = token, 0 = left padding). Returns logits
+    [B, T, V] float32 ([B, 1, V] with ``last_logits_only``); resid_pre, resid_post and block_out
+    [L, B, T, D]; kv: keys and values [L, B, T, Hkv, Dh]. ``patch`` is applied
     to resid_post of every layer inside the scan. With ``return_residuals`` the residual stream
     before (resid_pre) and after (resid_post, patched) every layer comes back in the same pass.
     ``remat`` (True, "full" or "dots"; see :data:`REMAT_POLICIES`) trades compute for memory
@@ -433,16 +445,17 @@ def _generate(
 def generate(
     params: Params,
     cfg: ModelConfig,
-    input_ids,
-    attention_mask=None,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
     *,
     max_new_tokens: int = 64,
-    patch=None,
+    patch: object | None = None,
     patch_prompt_only: bool = False,
-    eos_token_ids=None,
+    eos_token_ids: tuple[int, ...] | None = None,
     pad_token_id: int | None = None,
 ) -> GenerateOutput:
-    """Greedy decoding with a KV cache for a left-padded batch.
+    """Greedy decoding with a KV cache for a left-padded batch: input_ids, attention_mask
+    [B, T] -> tokens [B, max_new_tokens] int32 (pad after a sequence stops), lengths [B].
 
     Each sequence stops at any of ``eos_token_ids`` (default: the config's) or after
     ``max_new_tokens``; the loop ends when all have stopped. ``patch`` edits the residual stream

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.losses import next_token_nll_sum
 from refusal_jax.core.model import forward_fn
 from refusal_jax.core.patches import Identity, check_patch_rows, patch_rows
@@ -23,9 +24,17 @@ def _ce_sums(params, cfg, ids, mask, target_mask, patch):
     return next_token_nll_sum(logits, ids, target_mask[:, 1:])
 
 
-def masked_ce(params, cfg, ids, mask, target_mask, patch=None, batch_size: int = 32) -> float:
+def masked_ce(
+    params: dict,
+    cfg: ModelConfig,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    target_mask: np.ndarray,
+    patch: object | None = None,
+    batch_size: int = 32,
+) -> float:
     """Mean next-token CE (nats) over tokens where ``target_mask`` is 1 (each predicted from
-    its prefix), in fixed-size batches."""
+    its prefix), in fixed-size batches. ids, mask, target_mask [B, T]."""
     ids, mask, target_mask = (np.asarray(a) for a in (ids, mask, target_mask))
     patch = patch or Identity()
     check_patch_rows(patch, len(ids))
@@ -49,9 +58,14 @@ def masked_ce(params, cfg, ids, mask, target_mask, patch=None, batch_size: int =
     return total / count
 
 
-def rollout_batch(prompt_ids, prompt_mask, tokens, lengths):
+def rollout_batch(
+    prompt_ids: np.ndarray, prompt_mask: np.ndarray, tokens: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prompts followed by their generated continuations: (ids, mask, target_mask) where the
-    target mask covers the continuation tokens (EOS included)."""
+    target mask covers the continuation tokens (EOS included).
+
+    prompt_ids, prompt_mask [B, T]; tokens [B, N], lengths [B] (as from ``generate``) ->
+    three [B, T + N] arrays."""
     prompt_ids, prompt_mask = np.asarray(prompt_ids), np.asarray(prompt_mask)
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     cont = (np.arange(tokens.shape[1])[None] < lengths[:, None]).astype(np.int32)

@@ -23,9 +23,16 @@ def _last_positions_resid(params, cfg: ModelConfig, ids, mask, positions):
     return out.resid_post[:, :, pos].transpose(2, 0, 1, 3)  # [P, L, B, D]
 
 
-def mean_activations(params, cfg, ids, mask, positions=(-1,), batch_size: int = 32):
+def mean_activations(
+    params: dict,
+    cfg: ModelConfig,
+    ids: jax.Array,
+    mask: jax.Array,
+    positions: tuple[int, ...] = (-1,),
+    batch_size: int = 32,
+) -> jax.Array:
     """Mean resid_post over prompts at the given (end-aligned, left padding) positions:
-    [P, L, D] for every layer, from one forward pass per batch."""
+    ids, mask [B, T] -> [P, L, D] float32 for every layer, from one forward pass per batch."""
     total, count = None, 0
     for b_ids, b_mask, n in batches(ids, mask, batch_size):
         acts = _last_positions_resid(params, cfg, b_ids, b_mask, tuple(positions))[:, :, :n]
@@ -35,10 +42,17 @@ def mean_activations(params, cfg, ids, mask, positions=(-1,), batch_size: int = 
     return total / count
 
 
-def refusal_directions(params, cfg, harmful, harmless, positions=(-1,), batch_size: int = 32):
+def refusal_directions(
+    params: dict,
+    cfg: ModelConfig,
+    harmful: tuple[jax.Array, jax.Array],
+    harmless: tuple[jax.Array, jax.Array],
+    positions: tuple[int, ...] = (-1,),
+    batch_size: int = 32,
+) -> jax.Array:
     """Difference-in-means refusal directions r[p, l] = mean_harmful - mean_harmless, [P, L, D].
 
-    ``harmful`` and ``harmless`` are (ids, mask) pairs of left-padded prompts.
+    ``harmful`` and ``harmless`` are (ids, mask) pairs of left-padded prompts, [B, T] each.
     """
     return mean_activations(params, cfg, *harmful, positions, batch_size) - mean_activations(
         params, cfg, *harmless, positions, batch_size
@@ -46,7 +60,13 @@ def refusal_directions(params, cfg, harmful, harmless, positions=(-1,), batch_si
 
 
 def filter_by_refusal(
-    params, cfg, tokenizer, prompts, refused: bool, batch_size: int = 32, pad_multiple: int = 8
+    params: dict,
+    cfg: ModelConfig,
+    tokenizer,
+    prompts: list[str],
+    refused: bool,
+    batch_size: int = 32,
+    pad_multiple: int = 8,
 ) -> list[str]:
     """The prompts whose greedy first response token is (``refused``) or is not the refusal
     token - the paper's filter of training prompts."""
@@ -58,10 +78,20 @@ def filter_by_refusal(
 
 
 def choose_best_layer(
-    params, cfg, directions, ids, mask, refusal_token, batch_size=32, margin: float = 0.2
+    params: dict,
+    cfg: ModelConfig,
+    directions: jax.Array,
+    ids: jax.Array,
+    mask: jax.Array,
+    refusal_token: int,
+    batch_size: int = 32,
+    margin: float = 0.2,
 ) -> tuple[int, list[float]]:
     """Layer whose direction, ablated at every layer, leaves the fewest first-token refusals
-    (layers in the outer ``margin`` fraction are skipped, as in refusal_direction's filter)."""
+    (layers in the outer ``margin`` fraction are skipped, as in refusal_direction's filter).
+
+    directions [L, D] (one candidate per layer); ids, mask [B, T]. Returns the layer and the
+    refusal rate [L] after ablating each layer's direction (NaN for skipped layers)."""
     n = cfg.n_layers
     lo, hi = int(n * margin), max(int(n * (1 - margin)), int(n * margin) + 1)
     rates = []

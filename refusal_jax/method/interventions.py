@@ -15,6 +15,8 @@ Patches compose with :class:`refusal_jax.core.patches.Compose`; wrap in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,9 +24,11 @@ from flax import struct
 
 from refusal_jax import sae as sae_lib
 from refusal_jax.core.batching import batches
+from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.model import forward
 from refusal_jax.core.patches import _agree, _count_if, _rows_if
 from refusal_jax.method.features import FeatureSet
+from refusal_jax.sae import SAE
 
 
 def unit(v: jax.Array, axis: int = -1) -> jax.Array:
@@ -62,7 +66,12 @@ class AblateDirection:
         return _count_if(self.min_position, 1)
 
 
-def ablate_direction(direction: jax.Array, n_layers: int, layers=None, min_position=0):
+def ablate_direction(
+    direction: jax.Array,
+    n_layers: int,
+    layers: Sequence[int] | None = None,
+    min_position: int | jax.Array = 0,
+) -> AblateDirection:
     """Ablate one direction [D] at ``layers`` (default: every layer), every position."""
     mask = (
         jnp.ones((n_layers,), bool)
@@ -157,7 +166,13 @@ def _per_layer_value(value, n_layers):
     return jnp.broadcast_to(v, (n_layers,) + v.shape)
 
 
-def clamp_features(saes, features: FeatureSet, value, mode="multiply", min_position=0):
+def clamp_features(
+    saes: SAE,
+    features: FeatureSet,
+    value: float | jax.Array,
+    mode: str = "multiply",
+    min_position: int | jax.Array = 0,
+) -> ClampFeatures:
     """Multiply (c = -3 in the paper for Gemma) or set features to ``value`` at every position.
 
     ``value``: scalar, or [K] / [B, T, K] shared by all layers.
@@ -172,7 +187,13 @@ def clamp_features(saes, features: FeatureSet, value, mode="multiply", min_posit
     )
 
 
-def hold_features(saes, features: FeatureSet, values, min_position=0, prompt_only=False):
+def hold_features(
+    saes: SAE,
+    features: FeatureSet,
+    values: jax.Array,
+    min_position: int | jax.Array = 0,
+    prompt_only: bool = False,
+):
     """Hold features at given per-layer, per-token values [L, B, T, K] (e.g. clean activations).
 
     ``prompt_only``: hold them at the T prompt positions only and leave generated tokens alone
@@ -208,7 +229,15 @@ class HoldOnPrompt:
         return self.hold.n_rows()
 
 
-def clean_feature_values(params, cfg, saes, features: FeatureSet, ids, mask, batch_size=32):
+def clean_feature_values(
+    params: dict,
+    cfg: ModelConfig,
+    saes: SAE,
+    features: FeatureSet,
+    ids: jax.Array,
+    mask: jax.Array,
+    batch_size: int = 32,
+) -> jax.Array:
     """Activations of a global feature set on the unpatched model, per token: [L, N, T, K]
     (batched; the values :func:`hold_features` holds)."""
 
@@ -221,7 +250,7 @@ def clean_feature_values(params, cfg, saes, features: FeatureSet, ids, mask, bat
     return np.concatenate(out, axis=1)
 
 
-def feature_values(saes, features: FeatureSet, resid_post: jax.Array) -> jax.Array:
+def feature_values(saes: SAE, features: FeatureSet, resid_post: jax.Array) -> jax.Array:
     """Activations of the set's features [L, B, T, K] from a run's resid_post [L, B, T, D]."""
 
     def one_layer(layer, x):
@@ -238,7 +267,9 @@ def feature_values(saes, features: FeatureSet, resid_post: jax.Array) -> jax.Arr
 _feature_values_jit = jax.jit(feature_values)
 
 
-def clamp_dense_reference(sae_l, x, idx, mask, new_values):
+def clamp_dense_reference(
+    sae_l: SAE, x: jax.Array, idx: jax.Array, mask: jax.Array, new_values: jax.Array
+) -> jax.Array:
     """Straightforward clamp at one layer: encode all features, edit, decode, add the error.
 
     x [B, T, D]; idx/mask [K] (global) or [B, K]; new_values [B, T, K] the edited activations.

@@ -11,9 +11,10 @@ from refusal_jax import sae as sae_lib
 from refusal_jax.core.batching import batches
 from refusal_jax.core.model import forward
 from refusal_jax.method.features import FeatureSet, feature_set, per_sample_feature_set
+from refusal_jax.sae import SAE
 
 
-def decoder_cosines(saes, direction) -> jax.Array:
+def decoder_cosines(saes: SAE, direction: jax.Array) -> jax.Array:
     """Cosine similarity of every layer's decoder rows with one direction [D]: [L, d_sae]."""
     r = jnp.asarray(direction, jnp.float32)
     r = r / jnp.linalg.norm(r)
@@ -31,9 +32,9 @@ def _top_pairs(scores: np.ndarray, n: int, allowed: np.ndarray | None = None):
     return [tuple(int(v) for v in np.unravel_index(i, s.shape)) for i in flat]
 
 
-def candidate_features(saes, direction, k: int = 10) -> FeatureSet:
-    """F0: per layer, the k decoder rows most cosine-similar to ``direction`` (r at the best
-    layer, compared against every layer's decoder)."""
+def candidate_features(saes: SAE, direction: jax.Array, k: int = 10) -> FeatureSet:
+    """F0: per layer, the k decoder rows most cosine-similar to ``direction`` [D] (r at the
+    best layer, compared against every layer's decoder of the stacked ``saes`` [L, ...])."""
     cos = np.asarray(decoder_cosines(saes, direction))
     top = np.argsort(-cos, axis=-1, kind="stable")[:, :k]
     return feature_set(
@@ -52,7 +53,9 @@ def _allowed(fs: FeatureSet | None, shape) -> np.ndarray | None:
     return allowed
 
 
-def top_features(scores, n: int = 20, candidates: FeatureSet | None = None) -> FeatureSet:
+def top_features(
+    scores: np.ndarray, n: int = 20, candidates: FeatureSet | None = None
+) -> FeatureSet:
     """Global set: the top ``n`` of a [L, S] score array (restricted to ``candidates``)."""
     scores = np.asarray(scores)
     pairs = _top_pairs(scores, n, _allowed(candidates, scores.shape))
@@ -60,7 +63,10 @@ def top_features(scores, n: int = 20, candidates: FeatureSet | None = None) -> F
 
 
 def select_features(
-    attributions, n: int = 20, candidates: FeatureSet | None = None, per_sample: bool = False
+    attributions: np.ndarray,
+    n: int = 20,
+    candidates: FeatureSet | None = None,
+    per_sample: bool = False,
 ) -> FeatureSet:
     """The paper's F*: from position-averaged attributions [L, B, S] (see
     :func:`refusal_jax.method.laig.feature_attributions`), restricted to F0 ``candidates``, the top
@@ -73,18 +79,20 @@ def select_features(
     return per_sample_feature_set([_top_pairs(a[:, b], n, allowed) for b in range(B)], L, S)
 
 
-def cs_features(saes, direction, n: int = 20) -> FeatureSet:
+def cs_features(saes: SAE, direction: jax.Array, n: int = 20) -> FeatureSet:
     """Baseline ``cs``: top n over all layers by decoder cosine with the direction."""
     return top_features(np.asarray(decoder_cosines(saes, direction)), n)
 
 
-def la_features(attributions, n: int = 20) -> FeatureSet:
-    """Baseline ``la``: top n by attribution averaged over positions and samples, all features
-    (no F0 restriction)."""
+def la_features(attributions: np.ndarray, n: int = 20) -> FeatureSet:
+    """Baseline ``la``: top n by attribution [L, B, S] averaged over samples, all features (no
+    F0 restriction)."""
     return top_features(np.asarray(attributions).mean(axis=1), n)
 
 
-def act_features(max_act_harmful, max_act_harmless, n: int = 20) -> FeatureSet:
+def act_features(
+    max_act_harmful: np.ndarray, max_act_harmless: np.ndarray, n: int = 20
+) -> FeatureSet:
     """Baseline ``act``: top n by mean-over-prompts of max-over-positions activation on harmful
     minus the same on harmless ([L, S] each; see :func:`max_activation_means`)."""
     return top_features(np.asarray(max_act_harmful) - np.asarray(max_act_harmless), n)
@@ -115,7 +123,6 @@ def _max_acts(saes, resid_post, mask):
 
 def max_activation_means(params, cfg, saes, ids, mask, batch_size: int = 16) -> jax.Array:
     """Mean over prompts of each feature's max activation over (non-pad) positions: [L, S]."""
-
     total, count = None, 0
     for b_ids, b_mask, n in batches(ids, mask, batch_size):
         resid = forward(params, cfg, b_ids, b_mask, return_residuals=True).resid_post

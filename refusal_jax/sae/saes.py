@@ -25,7 +25,7 @@ Layers with different widths cannot be stacked: keep them in a dict ``{layer: SA
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +116,7 @@ def param_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
-def zeros(cfg: SAEConfig, dtype=jnp.float32) -> SAE:
+def zeros(cfg: SAEConfig, dtype: jnp.dtype = jnp.float32) -> SAE:
     """An all-zero SAE of the given config (a placeholder for layers without an SAE)."""
     return SAE(**{k: jnp.zeros(s, dtype) for k, s in param_shapes(cfg).items()}, cfg=cfg)
 
@@ -141,12 +141,12 @@ def _prep(sae: SAE, x):
     return x
 
 
-def encode_pre(sae: SAE, x):
+def encode_pre(sae: SAE, x: jax.Array) -> jax.Array:
     """Pre-activations: [..., d_in] -> [..., d_sae]."""
     return _prep(sae, x) @ sae.W_enc + sae.b_enc
 
 
-def topk_mask(values, k: int):
+def topk_mask(values: jax.Array, k: int) -> jax.Array:
     """values [..., n] -> the same with all but the k largest per row set to 0 (exact k)."""
     lead, n = values.shape[:-1], values.shape[-1]
     flat = values.reshape(-1, n)
@@ -156,7 +156,7 @@ def topk_mask(values, k: int):
     return out.reshape(lead + (n,))
 
 
-def activation(sae: SAE, pre, threshold=None):
+def activation(sae: SAE, pre: jax.Array, threshold: jax.Array | None = None) -> jax.Array:
     """Inference activation of the SAE's architecture: [..., d_sae] -> [..., d_sae].
 
     ``threshold`` overrides ``sae.threshold`` (used for feature subsets).
@@ -171,7 +171,7 @@ def activation(sae: SAE, pre, threshold=None):
     return topk_mask(r, sae.cfg.k)
 
 
-def batchtopk_train(pre, k: int):
+def batchtopk_train(pre: jax.Array, k: int) -> jax.Array:
     """BatchTopK training activation: keep the k * n_tokens largest of relu(pre) over all tokens.
 
     pre [N, d_sae] (all tokens of the batch; flatten first). Returns [N, d_sae].
@@ -183,12 +183,12 @@ def batchtopk_train(pre, k: int):
     return jnp.zeros_like(flat).at[idx].set(top).reshape(r.shape)
 
 
-def encode(sae: SAE, x):
+def encode(sae: SAE, x: jax.Array) -> jax.Array:
     """Feature activations: [..., d_in] -> [..., d_sae]."""
     return activation(sae, encode_pre(sae, x))
 
 
-def decode(sae: SAE, f):
+def decode(sae: SAE, f: jax.Array) -> jax.Array:
     """Reconstruction from features: [..., d_sae] -> [..., d_in] (affine in f)."""
     out = f.astype(sae.W_dec.dtype) @ sae.W_dec + sae.b_dec
     if sae.cfg.input_scale != 1.0:
@@ -196,17 +196,17 @@ def decode(sae: SAE, f):
     return out
 
 
-def reconstruct(sae: SAE, x):
+def reconstruct(sae: SAE, x: jax.Array) -> jax.Array:
     """decode(encode(x)): [..., d_in] -> [..., d_in]."""
     return decode(sae, encode(sae, x))
 
 
-def error_term(sae: SAE, x):
+def error_term(sae: SAE, x: jax.Array) -> jax.Array:
     """The SAE error x - decode(encode(x)): [..., d_in]."""
     return x - reconstruct(sae, x).astype(x.dtype)
 
 
-def encode_features(sae: SAE, x, idx):
+def encode_features(sae: SAE, x: jax.Array, idx: jax.Array) -> jax.Array:
     """Activations of the features ``idx`` [K] only: [..., d_in] -> [..., K].
 
     Computes ``x @ W_enc[:, idx]`` instead of the full d_sae-wide matmul, and equals
@@ -247,8 +247,9 @@ def fold_b_dec_into_b_enc(sae: SAE) -> SAE:
 
 
 # ----------------------------------------------------------------------------- sets of layers
-def stack_saes(saes) -> SAE:
-    """Stack SAEs with identical configs (same widths) along a new leading layer axis."""
+def stack_saes(saes: Sequence[SAE]) -> SAE:
+    """Stack SAEs with identical configs (same widths) along a new leading layer axis:
+    W_enc [L, d_in, d_sae], b_enc [L, d_sae], W_dec [L, d_sae, d_in], b_dec [L, d_in]."""
     saes = list(saes)
     if not saes:
         raise ValueError("stack_saes: no SAEs given")
@@ -264,13 +265,13 @@ def stack_saes(saes) -> SAE:
     return jax.tree.map(lambda *a: jnp.stack(a), *saes)
 
 
-def sae_layer(sae: SAE, layer) -> SAE:
+def sae_layer(sae: SAE, layer: int | jax.Array) -> SAE:
     """One layer of a stacked SAE (``layer`` may be a traced int)."""
     return jax.tree.map(lambda a: a[layer], sae)
 
 
 def unstack_saes(sae: SAE) -> list[SAE]:
-    """The inverse of :func:`stack_saes`."""
+    """The inverse of :func:`stack_saes`: a stacked SAE [L, ...] -> L single SAEs."""
     return [sae_layer(sae, i) for i in range(sae.W_enc.shape[0])]
 
 
