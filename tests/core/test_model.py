@@ -32,17 +32,25 @@ def _batch(seed=0, b=3, t=10, pads=(0, 3, 6)):
 
 
 def _reference_greedy(params, ids, mask, n, patch_fn):
-    """Cache-free greedy decoding: a full forward over the growing sequence at every step."""
+    """Cache-free greedy decoding: at every step a full forward over the whole sequence so far.
+
+    The sequence stays right-aligned in one left-padded [B, T + n] buffer (shifted left by one
+    token per step), so the forward compiles once; ``patch_fn(limit)`` gets the slot where the
+    prompt ends in that step's buffer."""
     ids, mask = np.asarray(ids), np.asarray(mask)
+    b, t = ids.shape
+    w = t + n
+    buf, buf_mask = np.zeros((b, w), ids.dtype), np.zeros((b, w), mask.dtype)
+    buf[:, n:], buf_mask[:, n:] = ids, mask
     out = []
-    for _ in range(n):
+    for i in range(n):  # prompt in slots [n - i, w - i), i generated tokens after it
         logits = forward(
-            params, CFG, jnp.asarray(ids), jnp.asarray(mask), patch=patch_fn(ids.shape[1])
+            params, CFG, jnp.asarray(buf), jnp.asarray(buf_mask), patch=patch_fn(w - i)
         ).logits
         nxt = np.asarray(jnp.argmax(logits[:, -1], -1))
         out.append(nxt)
-        ids = np.concatenate([ids, nxt[:, None]], 1)
-        mask = np.concatenate([mask, np.ones_like(nxt)[:, None]], 1)
+        buf = np.concatenate([buf[:, 1:], nxt[:, None].astype(buf.dtype)], 1)
+        buf_mask = np.concatenate([buf_mask[:, 1:], np.ones((b, 1), buf_mask.dtype)], 1)
     return np.stack(out, 1)
 
 
@@ -51,7 +59,7 @@ class _AddBeforeSlot:
     """Reference for prompt-only patching in a cache-free forward: add v at slots < limit."""
 
     inner: AddVector
-    limit: int = struct.field(pytree_node=False)
+    limit: jax.Array  # traced, so that a new limit does not recompile
 
     def __call__(self, x, layer, ctx):
         slots = jnp.arange(x.shape[1])[None, :, None]
@@ -74,13 +82,14 @@ def test_kv_cache_generation_matches_cache_free_reference(tiny4_params, prompt_o
         patch_prompt_only=prompt_only,
         eos_token_ids=(),
     )
-    t = ids.shape[1]
     ref = _reference_greedy(
         tiny4_params,
         ids,
         mask,
         n,
-        (lambda length: _AddBeforeSlot(steer, t)) if prompt_only else (lambda length: steer),
+        (lambda limit: _AddBeforeSlot(steer, jnp.int32(limit)))
+        if prompt_only
+        else (lambda limit: steer),
     )
     np.testing.assert_array_equal(np.asarray(got.tokens), ref)
     plain = generate(tiny4_params, CFG, ids, mask, max_new_tokens=n, eos_token_ids=())

@@ -9,30 +9,18 @@ import numpy as np
 import pytest
 
 from refusal_jax import sae as sae_lib
-from refusal_jax.core.config import gemma2_config
-from refusal_jax.core.model import init_params
 from refusal_jax.method.edges import downstream_attribution, feature_edges
 from refusal_jax.method.laig import la_ig, position_weights
+from tests.support.tiny import TINY4
 
-CFG = gemma2_config(
-    vocab_size=64,
-    d_model=32,
-    n_layers=4,
-    n_heads=4,
-    n_kv_heads=2,
-    head_dim=8,
-    d_mlp=64,
-    sliding_window=6,
-    eos_token_ids=(1,),
-)
+CFG = TINY4
 D_SAE = 48
 FEATURES = jnp.asarray([3, 10, 17, 40])
 
 
 @pytest.fixture(scope="module")
-def setup():
-    p = init_params(CFG, jax.random.PRNGKey(0), scale=0.3)
-    params = p | {"embed": p["embed"] * 0.2}
+def setup(tiny4_params):
+    params = tiny4_params
     cfg = sae_lib.SAEConfig(architecture="relu", d_in=CFG.d_model, d_sae=D_SAE)
     layers = []
     for k in jax.random.split(jax.random.PRNGKey(1), CFG.n_layers):

@@ -90,7 +90,8 @@ def test_la_ig_alpha_batching_and_fixed_token(tiny_params):
     jb = a.runs.jailbreak_token
     expect = float(jnp.sum(jnp.take_along_axis(clean, jb[:, None], -1)[:, 0] - clean[:, 7]))
     assert float(a.metric[0]) == pytest.approx(expect, rel=1e-4, abs=1e-4)
-    fixed = la_ig(tiny_params, CFG, ids, mask, r, refusal_token=7, jailbreak_token=9, n_steps=2)
+    # same n_steps as ``a``: the jailbreak token is a traced argument, so no new compile
+    fixed = la_ig(tiny_params, CFG, ids, mask, r, refusal_token=7, jailbreak_token=9, n_steps=6)
     assert (np.asarray(fixed.runs.jailbreak_token) == 9).all()
     np.testing.assert_allclose(alpha_schedule(4), [0, 0.25, 0.5, 0.75])
     with pytest.raises(ValueError, match="error_mode"):
