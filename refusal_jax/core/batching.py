@@ -9,9 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def batches(ids, mask, batch_size: int) -> Iterator[tuple[jax.Array, jax.Array, int]]:
+def batches(
+    ids: np.ndarray, mask: np.ndarray, batch_size: int
+) -> Iterator[tuple[jax.Array, jax.Array, int]]:
     """Yield (ids, mask, n_real) batches, padding the last one to ``batch_size`` rows so every
-    batch has one shape (one compilation)."""
+    batch has one shape (one compilation): ids, mask [N, T] -> [batch_size, T] each, the first
+    ``n_real`` rows real (the padding repeats the last prompt)."""
     ids, mask = np.asarray(ids), np.asarray(mask)
     if len(ids) == 0:
         raise ValueError("empty prompt set")

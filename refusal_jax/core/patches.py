@@ -14,15 +14,18 @@ patch built for N prompts works with any ``batch_size``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 
-def take_rows(a, start: int, size: int, axis: int = 0) -> jax.Array:
-    """Rows ``start .. start+size`` of ``a`` along ``axis``, the last row repeated past the end
-    (the padding :func:`refusal_jax.method.direction.batches` applies to prompts)."""
+def take_rows(a: jax.Array, start: int, size: int, axis: int = 0) -> jax.Array:
+    """Rows ``start .. start+size`` of ``a`` along ``axis`` ([N, ...] -> [size, ...] for
+    axis 0), the last row repeated past the end (the padding
+    :func:`refusal_jax.core.batching.batches` applies to prompts)."""
     a = jnp.asarray(a)
     idx = np.minimum(np.arange(start, start + size), a.shape[axis] - 1)
     return jnp.take(a, idx, axis=axis)
@@ -44,7 +47,7 @@ def _agree(counts, what: str) -> int | None:
     return counts.pop() if counts else None
 
 
-def patch_rows(patch, start: int, size: int):
+def patch_rows(patch: object | None, start: int, size: int) -> object | None:
     """The patch for prompts ``start .. start+size`` of the set it was built for (per-sample
     fields sliced, shared ones unchanged; ``None`` stays ``None``)."""
     if patch is None or not hasattr(patch, "rows"):
@@ -52,14 +55,14 @@ def patch_rows(patch, start: int, size: int):
     return patch.rows(start, size)
 
 
-def patch_n_rows(patch) -> int | None:
+def patch_n_rows(patch: object | None) -> int | None:
     """Number of prompts a per-sample patch was built for (``None``: not per-sample)."""
     if patch is None or not hasattr(patch, "n_rows"):
         return None
     return patch.n_rows()
 
 
-def check_patch_rows(patch, n_prompts: int) -> None:
+def check_patch_rows(patch: object | None, n_prompts: int) -> None:
     """Raise a clear error when a per-sample patch was built for a different prompt count."""
     n = patch_n_rows(patch)
     if n is not None and n != n_prompts:
@@ -170,8 +173,10 @@ class PromptOnly:
         return patch_n_rows(self.inner)
 
 
-def add_at_layers(vector: jax.Array, layers, n_layers: int, coeff: float = 1.0) -> AddVector:
-    """Steering patch adding one ``vector`` [D] at the given layer indices."""
+def add_at_layers(
+    vector: jax.Array, layers: Sequence[int], n_layers: int, coeff: float = 1.0
+) -> AddVector:
+    """Steering patch adding one ``vector`` [D] at the given layer indices (vectors [L, D])."""
     layers = list(layers)
     for layer in layers:
         if not 0 <= layer < n_layers:

@@ -35,9 +35,11 @@ import jax
 import jax.numpy as jnp
 
 from refusal_jax import sae as sae_lib
+from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.model import forward_fn
 from refusal_jax.method.interventions import Interpolate
 from refusal_jax.method.laig import LAIGResult
+from refusal_jax.sae import SAE
 
 
 def _scale(sae_l):
@@ -45,9 +47,22 @@ def _scale(sae_l):
 
 
 def downstream_attribution(
-    params, cfg, saes, grad_d, ids, mask, weights, downstream, features, source_layer, delta
-):
-    """A_d,J [B, K] of the run with ``delta`` [B, T, D] added to out_{source_layer}."""
+    params: dict,
+    cfg: ModelConfig,
+    saes: SAE,
+    grad_d: jax.Array,
+    ids: jax.Array,
+    mask: jax.Array,
+    weights: jax.Array,
+    downstream: int,
+    features: jax.Array,
+    source_layer: int,
+    delta: jax.Array,
+) -> jax.Array:
+    """A_d,J [B, K] of the run with ``delta`` [B, T, D] added to out_{source_layer}.
+
+    grad_d [B, T, D]: LA-IG's residual gradient at layer ``downstream``; ids, mask, weights
+    [B, T]; features [K] indices at layer ``downstream``."""
     L = cfg.n_layers
     full = jnp.zeros((L,) + delta.shape, delta.dtype).at[source_layer].set(delta)
     patch = Interpolate(jnp.float32(0.0), jnp.zeros_like(full), full)
@@ -89,19 +104,19 @@ def _edges(
 
 
 def feature_edges(
-    params,
-    cfg,
-    saes,
+    params: dict,
+    cfg: ModelConfig,
+    saes: SAE,
     result: LAIGResult,
-    ids,
-    mask,
+    ids: jax.Array,
+    mask: jax.Array,
     *,
     upstream: int,
     downstream: int,
-    features,
-    weights=None,
+    features: jax.Array | list[int],
+    weights: jax.Array | None = None,
     stop_intermediate: bool = False,
-):
+) -> jax.Array:
     """Edges E [B, d_sae_u, K] from every feature at layer ``upstream`` to the downstream
     features ``features`` [K] at layer ``downstream`` (see the module docstring).
 

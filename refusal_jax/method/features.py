@@ -7,6 +7,8 @@ marking the real entries. Every selection method in :mod:`refusal_jax.method.sel
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,8 +54,14 @@ class FeatureSet:
         return FeatureSet(take_rows(self.idx, start, size), take_rows(self.mask, start, size))
 
 
-def feature_set(pairs, n_layers: int, d_sae: int | None = None, width: int | None = None):
-    """Build a global :class:`FeatureSet` from (layer, feature) pairs.
+def feature_set(
+    pairs: Iterable[tuple[int, int]],
+    n_layers: int,
+    d_sae: int | None = None,
+    width: int | None = None,
+) -> FeatureSet:
+    """Build a global :class:`FeatureSet` from (layer, feature) pairs: idx, mask [L, K], K the
+    most features of any layer (at least ``width``), sorted indices, masked padding.
 
     Raises ``ValueError`` naming the offending pair when a layer or feature is out of range.
     """
@@ -76,7 +84,10 @@ def feature_set(pairs, n_layers: int, d_sae: int | None = None, width: int | Non
 
 
 def per_sample_feature_set(
-    pair_lists, n_layers: int, d_sae: int | None = None, width: int | None = None
+    pair_lists: Sequence[Iterable[tuple[int, int]]],
+    n_layers: int,
+    d_sae: int | None = None,
+    width: int | None = None,
 ) -> FeatureSet:
     """One feature set per sample, padded to a common width (default: the widest sample's):
     idx/mask [B, L, K]."""
@@ -109,6 +120,7 @@ def difference(a: FeatureSet, b: FeatureSet) -> FeatureSet:
 
 
 def intersection(*sets: FeatureSet) -> FeatureSet:
+    """Features in every one of the global sets."""
     common = set(sets[0].pairs())
     for s in sets[1:]:
         common &= set(s.pairs())
