@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from refusal_jax.core.batching import batches
+from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.model import generate
 from refusal_jax.core.patches import check_patch_rows, patch_rows
 
@@ -60,10 +61,18 @@ def encode_prompts(
 
 
 def generate_tokens(
-    params, cfg, ids, mask, *, batch_size: int = 32, max_new_tokens: int = 32, patch=None, **kw
-):
-    """Greedy generation over a prompt set in fixed-size batches (one compilation):
-    (tokens [N, max_new_tokens], lengths [N])."""
+    params: dict,
+    cfg: ModelConfig,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 32,
+    patch: object | None = None,
+    **kw,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy generation over a prompt set ids, mask [N, T] in fixed-size batches (one
+    compilation): (tokens [N, max_new_tokens], lengths [N])."""
 
     check_patch_rows(patch, len(ids))
     toks, lens = [], []
@@ -77,7 +86,8 @@ def generate_tokens(
     return np.concatenate(toks), np.concatenate(lens)
 
 
-def decode_responses(tokenizer, tokens, lengths) -> list[str]:
+def decode_responses(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
+    """The text of each response: tokens [N, max_new_tokens], the first lengths[i] of row i."""
     return [
         tokenizer.decode(np.asarray(t[:n]).tolist(), skip_special_tokens=True)
         for t, n in zip(tokens, lengths)
