@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.model import forward_fn
 from refusal_jax.method.prompts import chat_texts
 
@@ -120,8 +121,19 @@ def _loss_from_logits(logits, refusal_token, target_token):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def suffix_loss_and_grad(params, cfg, ids, mask, pos, suffix, refusal_token, target_token):
-    """Loss of ``suffix`` [n] and its gradient w.r.t. the one-hot suffix [n, V] (exact)."""
+def suffix_loss_and_grad(
+    params: dict,
+    cfg: ModelConfig,
+    ids: jax.Array,
+    mask: jax.Array,
+    pos: jax.Array,
+    suffix: jax.Array,
+    refusal_token: int,
+    target_token: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Loss of ``suffix`` [n] and its gradient w.r.t. the one-hot suffix [n, V] (exact).
+
+    ids, mask [B, T]: the prompts with the suffix slots at positions ``pos`` [B, n]."""
     V = params["embed"].shape[0]
     n = suffix.shape[0]
     onehot = jax.nn.one_hot(suffix, V, dtype=params["embed"].dtype)
@@ -138,8 +150,16 @@ def suffix_loss_and_grad(params, cfg, ids, mask, pos, suffix, refusal_token, tar
 
 @functools.partial(jax.jit, static_argnames=("cfg", "candidate_batch"))
 def candidate_losses(
-    params, cfg, ids, mask, pos, candidates, refusal_token, target_token, candidate_batch=32
-):
+    params: dict,
+    cfg: ModelConfig,
+    ids: jax.Array,
+    mask: jax.Array,
+    pos: jax.Array,
+    candidates: jax.Array,
+    refusal_token: int,
+    target_token: int,
+    candidate_batch: int = 32,
+) -> jax.Array:
     """Exact loss of every candidate suffix [C, n] (mean over prompts): [C]. Candidates are
     scored ``candidate_batch`` at a time, each chunk one vmapped forward over all prompts."""
 
