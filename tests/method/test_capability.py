@@ -7,22 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from refusal_jax.core.config import gemma2_config
+from refusal_jax.core.config import gemma2_config, shape_kw
 from refusal_jax.core.model import forward, generate, init_params
 from refusal_jax.core.patches import add_at_layers
 from refusal_jax.method.capability import masked_ce, rollout_batch
 
-CFG = gemma2_config(
-    vocab_size=40,
-    d_model=16,
-    n_layers=2,
-    n_heads=2,
-    n_kv_heads=1,
-    head_dim=8,
-    d_mlp=32,
-    sliding_window=8,
-    eos_token_ids=(1,),
-)
+# smaller than tests.support.tiny's TINY: CE plumbing only (vocab, d_model, layers, heads, KV
+# heads, head dim, MLP)
+CFG = gemma2_config(**shape_kw(40, 16, 2, 2, 1, 8, 32), sliding_window=8, eos_token_ids=(1,))
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,15 @@ import numpy as np
 import pytest
 
 from refusal_jax import sae as sae_lib
-from refusal_jax.core.config import gemma2_config
+from refusal_jax.core.config import gemma2_config, shape_kw
 from refusal_jax.core.model import forward, init_params
 from refusal_jax.method.direction import mean_activations, refusal_directions
 from refusal_jax.method.interventions import ablate_direction
 from refusal_jax.method.judges import first_token_refuses, is_refusal, refusal_rate
 from refusal_jax.method.selection import act_features, max_activation_means
 
-CFG = gemma2_config(
-    vocab_size=50,
-    d_model=24,
-    n_layers=2,
-    n_heads=2,
-    n_kv_heads=1,
-    head_dim=12,
-    d_mlp=48,
-    sliding_window=8,
-)
+# (vocab, d_model, layers, heads, KV heads, head dim, MLP); Gemma-2's default EOS ids
+CFG = gemma2_config(**shape_kw(50, 24, 2, 2, 1, 12, 48), sliding_window=8)
 
 
 @pytest.fixture(scope="module")
