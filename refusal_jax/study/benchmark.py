@@ -171,6 +171,189 @@ def _eval_patch(patches: dict, name: str, protocol: str):
     return patches[name]
 
 
+@dataclasses.dataclass
+class _Run:
+    """What every step of one benchmark run shares: the model, the settings, the cache, the
+    progress bar, and the cached generation and classifier calls."""
+
+    params: dict
+    cfg: object
+    tokenizer: object
+    saes: object
+    pc: PipelineConfig
+    cache: Cache
+    classifier: object
+    common: int  # one padded length for every prompt set: each jitted step compiles once
+    bar: object = None
+
+    def enc(self, prompts):
+        return encode_prompts(
+            self.tokenizer,
+            prompts,
+            multiple=self.common,
+            max_length=self.cfg.max_position_embeddings,
+        )
+
+    @property
+    def gen_kw(self) -> dict:
+        return dict(batch_size=self.pc.batch_size, max_new_tokens=self.pc.max_new_tokens)
+
+    def responses(self, prompts, patch, tag, key) -> list[str]:
+        """Greedy responses to ``prompts`` under ``patch``, cached under ``tag`` and ``key``."""
+
+        def compute():
+            toks = generate_tokens(
+                self.params, self.cfg, *self.enc(prompts), patch=patch, **self.gen_kw
+            )
+            return {"prompts": list(prompts), "responses": decode_responses(self.tokenizer, *toks)}
+
+        key = content_key(tag, key, prompts, dataclasses.asdict(self.pc))
+        return self.cache.json(tag, key, compute)["responses"]
+
+    def verdicts(self, prompts, texts):
+        """The classifier's harmful verdicts, cached by its identity and the texts."""
+        clf = self.classifier
+        ident = (getattr(clf, "name", None), getattr(clf, "template", None))
+        key = content_key("classifier", ident, prompts, texts)
+        return self.cache.json("classifier", key, lambda: {"harmful": clf(prompts, texts)})[
+            "harmful"
+        ]
+
+
+def _check_inputs(datasets: dict, harmless_eval) -> None:
+    for dname, prompts in datasets.items():
+        if not prompts:
+            raise ValueError(f"dataset {dname!r} is empty")
+    if not harmless_eval:
+        raise ValueError("no harmless evaluation prompts")
+
+
+def _prepare_step(run: _Run, bc, harmful_train, harmless_train, datasets: dict, progress: bool):
+    """Where each dataset's direction and feature sets come from (per the protocol): returns
+    (best layer, kept training counts, {dataset: Prepared}, {dataset: cache key})."""
+    params, cfg, tokenizer, saes, pc, cache = (
+        run.params, run.cfg, run.tokenizer, run.saes, run.pc, run.cache
+    )  # fmt: skip
+    base_key = prepare_key(harmful_train, harmless_train, pc)
+    if bc.protocol == "heldout":
+        train = cached_prepare(
+            params, cfg, tokenizer, saes, harmful_train, harmless_train, pc, cache, progress
+        )
+        return (
+            train.best_layer,
+            train.n_kept,
+            {d: train for d in datasets},
+            dict.fromkeys(datasets, base_key),
+        )
+
+    # the training prompts give the best layer and the harmless prompts for r
+    def layer():
+        d = directions_and_layer(params, cfg, tokenizer, harmful_train, harmless_train, pc)
+        kept = [p for p, k in zip(harmless_train, d.kept_harmless) if k]
+        return {"best_layer": d.best_layer, "n_kept": d.n_kept, "kept_harmless": kept}
+
+    lay = cache.json("layer", content_key("layer", base_key), layer)
+    best, n_kept, kept = lay["best_layer"], lay["n_kept"], lay["kept_harmless"]
+    preps, keys = {}, {}
+    for d, prompts in datasets.items():
+        keys[d] = content_key("dataset-prepare", prompts, kept, best, dataclasses.asdict(pc))
+        compute = lambda prompts=prompts: _to_arrays(
+            dataset_prepare(params, cfg, tokenizer, saes, prompts, kept, best, pc, progress)
+        )
+        preps[d] = _from_arrays(cache.arrays(f"prepare-{d}", keys[d], compute))
+    return best, n_kept, preps, keys
+
+
+def _jailbreak_step(run: _Run, bc, datasets: dict, patches: dict, keys: dict) -> dict:
+    """1. Jailbreak and refusal scores of every method on each harmful dataset."""
+    verdicts = None if run.classifier is None else run.verdicts
+    jailbreak = {}
+    for d, prompts in datasets.items():
+        jailbreak[d] = {}
+        for name in METHODS:
+            texts = run.responses(
+                prompts, _eval_patch(patches[d], name, bc.protocol), f"responses-{d}-{name}",
+                (keys[d], name, bc.protocol),
+            )  # fmt: skip
+            jailbreak[d][name] = jailbreak_scores(
+                prompts, texts, run.pc.compliance_prefixes, verdicts
+            )
+            run.bar.set_postfix_str(f"{d}/{name}")
+            run.bar.update(1)
+    return jailbreak
+
+
+def _capability_step(
+    run: _Run, bc, h_ids, h_mask, base, base_texts_key, plain_text, sources, patches, by_key
+) -> dict:
+    """2. Capability: CE on the unpatched model's own harmless rollouts (``base``) and CE on
+    plain text, per method, averaged over the distinct preparations ``sources``."""
+    params, cfg, pc = run.params, run.cfg, run.pc
+    r_ids, r_mask, r_tgt = rollout_batch(h_ids, h_mask, base["tokens"], base["lengths"])
+    p_ids, p_mask, p_tgt = plain_text_batch(run.tokenizer, plain_text, bc.plain_max_tokens)
+
+    def ce(kind, patch, key):
+        ids, mask, tgt = (r_ids, r_mask, r_tgt) if kind == "rollout" else (p_ids, p_mask, p_tgt)
+        k = content_key("ce", kind, key, base_texts_key, plain_text, bc.plain_max_tokens)
+        return run.cache.json(
+            f"ce-{kind}",
+            k,
+            lambda: {"ce": masked_ce(params, cfg, ids, mask, tgt, patch, pc.batch_size)},
+        )["ce"]
+
+    capability = {name: {"harmless_rollout_ce": [], "plain_text_ce": []} for name in METHODS}
+    for src in sources:
+        p = patches[by_key[src]]
+        for name in METHODS:
+            capability[name]["harmless_rollout_ce"].append(ce("rollout", p[name], (src, name)))
+            run.bar.update(1)
+            capability[name]["plain_text_ce"].append(ce("plain", p[name], (src, name)))
+            run.bar.update(1)
+    for name in METHODS:
+        row = capability[name]
+        for k in ("harmless_rollout_ce", "plain_text_ce"):
+            row[k] = float(np.mean(row[k]))
+    for name in METHODS:
+        for k in ("harmless_rollout_ce", "plain_text_ce"):
+            capability[name][k + "_change"] = capability[name][k] - capability["base"][k]
+    return capability
+
+
+def _induction_step(run: _Run, bc, ind_prompts, base, best, sources, preps, by_key) -> dict:
+    """3. Refusal induction on harmless prompts: features set to c, and r added at the best
+    layer."""
+    base_texts = decode_responses(
+        run.tokenizer, base["tokens"][: len(ind_prompts)], base["lengths"][: len(ind_prompts)]
+    )
+    induction = {
+        "values": list(bc.induction_values),
+        "base": float(judge_responses(base_texts)[0].mean()),
+        "ours": [],
+        "cs": [],
+        "add_direction": [],
+    }
+    refusal = lambda texts: float(judge_responses(texts)[0].mean())
+    for src in sources:
+        prep = preps[by_key[src]]
+        for name in ("ours", "cs"):
+            rates = []
+            for c in bc.induction_values:
+                fs = pad_width(prep.sets[name], run.pc.n_features)
+                patch = clamp_features(run.saes, fs, c, mode="set")
+                tag = f"induce-{name}"
+                rates.append(refusal(run.responses(ind_prompts, patch, tag, (src, name, c))))
+                run.bar.update(1)
+            induction[name].append(rates)
+        steer = add_at_layers(np.asarray(prep.r_best), [best], run.cfg.n_layers)
+        texts = run.responses(ind_prompts, steer, "induce-add", (src, "add"))
+        induction["add_direction"].append(refusal(texts))
+        run.bar.update(1)
+    induction["ours"] = np.mean(induction["ours"], axis=0).tolist()
+    induction["cs"] = np.mean(induction["cs"], axis=0).tolist()
+    induction["add_direction"] = float(np.mean(induction["add_direction"]))
+    return induction
+
+
 def run_benchmark(
     params,
     cfg,
@@ -187,153 +370,46 @@ def run_benchmark(
     classifier=None,
     progress: bool = True,
 ) -> dict:
-    """Run the benchmark; returns the results dict (schema: experiments/README.md)."""
-    for dname, prompts in datasets.items():
-        if not prompts:
-            raise ValueError(f"dataset {dname!r} is empty")
-    if not harmless_eval:
-        raise ValueError("no harmless evaluation prompts")
-    # One padded length for every prompt set, so each jitted step compiles once.
+    """Run the benchmark; returns the results dict (schema: experiments/README.md).
+
+    Steps: prepare directions and feature sets (:func:`_prepare_step`), jailbreak scores
+    (:func:`_jailbreak_step`), capability (:func:`_capability_step`), refusal induction
+    (:func:`_induction_step`); each expensive call is cached in ``cache``."""
+    _check_inputs(datasets, harmless_eval)
     sets = [harmful_train, harmless_train, *datasets.values(), harmless_eval]
     common = shared_padding(tokenizer, *sets)
     pc = dataclasses.replace(bc.pipeline, pad_multiple=common)
-    enc = lambda xs: encode_prompts(
-        tokenizer, xs, multiple=common, max_length=cfg.max_position_embeddings
+    run = _Run(params, cfg, tokenizer, saes, pc, cache, classifier, common)
+
+    best, n_kept, preps, keys = _prepare_step(
+        run, bc, harmful_train, harmless_train, datasets, progress
     )
-    gen_kw = dict(batch_size=pc.batch_size, max_new_tokens=pc.max_new_tokens)
-    base_key = prepare_key(harmful_train, harmless_train, pc)
-
-    # Where each dataset's direction and sets come from (prep) and its cache key.
-    if bc.protocol == "heldout":
-        train = cached_prepare(
-            params, cfg, tokenizer, saes, harmful_train, harmless_train, pc, cache, progress
-        )
-        best, n_kept = train.best_layer, train.n_kept
-        preps = {d: train for d in datasets}
-        keys = {d: base_key for d in datasets}
-    else:  # the training prompts give the best layer and the harmless prompts for r
-
-        def layer():
-            d = directions_and_layer(params, cfg, tokenizer, harmful_train, harmless_train, pc)
-            kept = [p for p, k in zip(harmless_train, d.kept_harmless) if k]
-            return {"best_layer": d.best_layer, "n_kept": d.n_kept, "kept_harmless": kept}
-
-        lay = cache.json("layer", content_key("layer", base_key), layer)
-        best, n_kept, kept = lay["best_layer"], lay["n_kept"], lay["kept_harmless"]
-        preps, keys = {}, {}
-        for d, prompts in datasets.items():
-            keys[d] = content_key("dataset-prepare", prompts, kept, best, dataclasses.asdict(pc))
-            compute = lambda prompts=prompts: _to_arrays(
-                dataset_prepare(params, cfg, tokenizer, saes, prompts, kept, best, pc, progress)
-            )
-            preps[d] = _from_arrays(cache.arrays(f"prepare-{d}", keys[d], compute))
     patches = {d: method_patches(preps[d], saes, cfg, pc) for d in datasets}
     sources = list(dict.fromkeys(keys.values()))  # distinct preps: capability is averaged
     by_key = {keys[d]: d for d in datasets}
 
     n_ind = len(bc.induction_values)
     total = len(datasets) * len(METHODS) + len(sources) * (2 * len(METHODS) + 2 * n_ind + 1)
-    bar = tqdm(total=total, desc="benchmark", disable=not progress)
+    run.bar = tqdm(total=total, desc="benchmark", disable=not progress)
 
-    def responses(prompts, patch, tag, key):
-        def compute():
-            toks = generate_tokens(params, cfg, *enc(prompts), patch=patch, **gen_kw)
-            return {"prompts": list(prompts), "responses": decode_responses(tokenizer, *toks)}
+    jailbreak = _jailbreak_step(run, bc, datasets, patches, keys)
 
-        key = content_key(tag, key, prompts, dataclasses.asdict(pc))
-        return cache.json(tag, key, compute)["responses"]
-
-    def verdicts(prompts, texts):
-        ident = (getattr(classifier, "name", None), getattr(classifier, "template", None))
-        key = content_key("classifier", ident, prompts, texts)
-        return cache.json("classifier", key, lambda: {"harmful": classifier(prompts, texts)})[
-            "harmful"
-        ]
-
-    # 1. Jailbreak and refusal scores on each harmful dataset.
-    jailbreak = {}
-    for d, prompts in datasets.items():
-        jailbreak[d] = {}
-        for name in METHODS:
-            texts = responses(
-                prompts, _eval_patch(patches[d], name, bc.protocol), f"responses-{d}-{name}",
-                (keys[d], name, bc.protocol),
-            )  # fmt: skip
-            jailbreak[d][name] = jailbreak_scores(
-                prompts, texts, pc.compliance_prefixes, None if classifier is None else verdicts
-            )
-            bar.set_postfix_str(f"{d}/{name}")
-            bar.update(1)
-
-    # 2. Capability: CE on the unpatched model's own harmless rollouts, CE on plain text.
-    h_ids, h_mask = enc(harmless_eval)
+    # The unpatched model's own greedy rollouts on the harmless prompts: CE targets and the
+    # induction baseline.
+    h_ids, h_mask = run.enc(harmless_eval)
     base_texts_key = content_key("rollouts", harmless_eval, dataclasses.asdict(pc))
 
     def rollouts():
-        toks, lens = generate_tokens(params, cfg, h_ids, h_mask, **gen_kw)
+        toks, lens = generate_tokens(params, cfg, h_ids, h_mask, **run.gen_kw)
         return {"tokens": toks, "lengths": lens}
 
     base = cache.arrays("rollouts", base_texts_key, rollouts)
-    r_ids, r_mask, r_tgt = rollout_batch(h_ids, h_mask, base["tokens"], base["lengths"])
-    p_ids, p_mask, p_tgt = plain_text_batch(tokenizer, plain_text, bc.plain_max_tokens)
-
-    def ce(kind, patch, key):
-        ids, mask, tgt = (r_ids, r_mask, r_tgt) if kind == "rollout" else (p_ids, p_mask, p_tgt)
-        k = content_key("ce", kind, key, base_texts_key, plain_text, bc.plain_max_tokens)
-        return cache.json(
-            f"ce-{kind}",
-            k,
-            lambda: {"ce": masked_ce(params, cfg, ids, mask, tgt, patch, pc.batch_size)},
-        )["ce"]
-
-    capability = {name: {"harmless_rollout_ce": [], "plain_text_ce": []} for name in METHODS}
-    for src in sources:
-        p = patches[by_key[src]]
-        for name in METHODS:
-            capability[name]["harmless_rollout_ce"].append(ce("rollout", p[name], (src, name)))
-            bar.update(1)
-            capability[name]["plain_text_ce"].append(ce("plain", p[name], (src, name)))
-            bar.update(1)
-    for name in METHODS:
-        row = capability[name]
-        for k in ("harmless_rollout_ce", "plain_text_ce"):
-            row[k] = float(np.mean(row[k]))
-    for name in METHODS:
-        for k in ("harmless_rollout_ce", "plain_text_ce"):
-            capability[name][k + "_change"] = capability[name][k] - capability["base"][k]
-
-    # 3. Refusal induction on harmless prompts: features set to c, and r added at the best layer.
-    ind_prompts = harmless_eval[: bc.n_induction]
-    base_texts = decode_responses(
-        tokenizer, base["tokens"][: len(ind_prompts)], base["lengths"][: len(ind_prompts)]
+    capability = _capability_step(
+        run, bc, h_ids, h_mask, base, base_texts_key, plain_text, sources, patches, by_key
     )
-    induction = {
-        "values": list(bc.induction_values),
-        "base": float(judge_responses(base_texts)[0].mean()),
-        "ours": [],
-        "cs": [],
-        "add_direction": [],
-    }
-    refusal = lambda texts: float(judge_responses(texts)[0].mean())
-    for src in sources:
-        prep = preps[by_key[src]]
-        for name in ("ours", "cs"):
-            rates = []
-            for c in bc.induction_values:
-                fs = pad_width(prep.sets[name], pc.n_features)
-                patch = clamp_features(saes, fs, c, mode="set")
-                tag = f"induce-{name}"
-                rates.append(refusal(responses(ind_prompts, patch, tag, (src, name, c))))
-                bar.update(1)
-            induction[name].append(rates)
-        steer = add_at_layers(np.asarray(prep.r_best), [best], cfg.n_layers)
-        texts = responses(ind_prompts, steer, "induce-add", (src, "add"))
-        induction["add_direction"].append(refusal(texts))
-        bar.update(1)
-    bar.close()
-    induction["ours"] = np.mean(induction["ours"], axis=0).tolist()
-    induction["cs"] = np.mean(induction["cs"], axis=0).tolist()
-    induction["add_direction"] = float(np.mean(induction["add_direction"]))
+    ind_prompts = harmless_eval[: bc.n_induction]
+    induction = _induction_step(run, bc, ind_prompts, base, best, sources, preps, by_key)
+    run.bar.close()
 
     features = {
         ("train" if bc.protocol == "heldout" else by_key[src]): {

@@ -232,6 +232,98 @@ def _merge_part(key, arrays):
     return np.stack(arrays)  # per-shard values (the metric per alpha)
 
 
+def _check_sweep_inputs(ids, mask, sc, saes, direction, refusal_token, patch, mesh) -> None:
+    """Named errors for inputs a sweep of ``sc.kind`` cannot run on."""
+    if ids.ndim != 2 or ids.shape != mask.shape or len(ids) == 0:
+        raise ValueError(f"ids {ids.shape} and mask {mask.shape}: expected equal [N, T], N > 0")
+    if sc.kind == "laig" and (saes is None or direction is None or refusal_token is None):
+        raise ValueError("a laig sweep needs saes, direction and refusal_token")
+    if sc.kind == "laig" and patch is not None:
+        raise ValueError("a laig sweep takes no patch (the ablation is LA-IG's own)")
+    if mesh is not None and sc.shard_size % mesh.shape[DATA]:
+        raise ValueError(
+            f"shard_size {sc.shard_size} is not a multiple of the {mesh.shape[DATA]} "
+            "data-parallel devices"
+        )
+    check_patch_rows(patch, len(ids))
+
+
+def _sweep_key(sc, ids, mask, direction, refusal_token, cfg, params, saes, patch) -> str:
+    """The content key of everything that changes a sweep's results (memory settings aside);
+    every process of a multi-host sweep must compute the same one."""
+    key = content_key(
+        sc.key_fields(),
+        ids,
+        mask,
+        direction,
+        refusal_token,
+        cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg),
+        fingerprint(params),
+        fingerprint(saes) if sc.kind == "laig" else [],
+        fingerprint(patch),
+    )
+    if not _processes_agree(key):
+        raise ValueError("the processes of this multi-host sweep were given different inputs")
+    return key
+
+
+def _open_folder(out: Path, manifest: dict, shard_paths: list, primary: bool) -> np.ndarray:
+    """Create or reopen a sweep folder: writes the manifest on first use, refuses a folder of
+    another key; returns [1 + n_shards] int8 (key mismatch, then which shards exist), the
+    primary process's view broadcast to all."""
+    manifest_path = out / "manifest.json"
+    status = np.zeros(len(shard_paths) + 1, np.int8)
+    old_key = None
+    if primary:
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+        if manifest_path.exists():
+            old_key = read_json(manifest_path).get("key")
+            status[0] = old_key != manifest["key"]
+        else:
+            write_json_atomic(manifest_path, manifest)
+        status[1:] = [p.exists() for p in shard_paths]
+    status = _broadcast(status)
+    if status[0]:
+        raise ValueError(
+            f"{out} holds a sweep of other inputs or settings (key {old_key} != {manifest['key']}; "
+            "memory settings aside, everything that changes results is keyed): use a new folder"
+        )
+    return status
+
+
+def _oom_advice(sc, b_ids: np.ndarray) -> str:
+    """What to change when a shard runs out of memory, phrased as the CLI's flags."""
+    advice = [f"lower --shard-size (now {len(b_ids)}, prompts of {b_ids.shape[1]} tokens)"]
+    if sc.kind == "laig" and (sc.alpha_batch or 1) > 1:
+        advice.append(f"lower --alpha-batch (now {sc.alpha_batch} alpha steps at once)")
+    if sc.kind == "laig" and not sc.remat:
+        advice.append("pass --remat (recompute layers in the backward pass)")
+    advice.append(
+        "use --dtype bfloat16, add devices (--model-parallel N splits the model over N), "
+        "or pass --auto-shrink to halve failing shards"
+    )
+    return ", ".join(advice)
+
+
+def _join_halves(parts: list[dict]) -> dict:
+    """One shard's results from those of its halves: per-prompt arrays concatenate; batch sums
+    (metric, attribution sums) add up."""
+    return {
+        k: np.concatenate([p[k] for p in parts])
+        if k in _PER_PROMPT
+        else sum(np.asarray(p[k]) for p in parts)
+        for k in parts[0]
+    }
+
+
+def _merge_shards(shard_paths: list, merged_path: Path) -> dict:
+    """Merge every shard's arrays into one file (atomic) and return them."""
+    parts = [load_arrays(p) for p in shard_paths]
+    merged = {k: _merge_part(k, [p[k] for p in parts]) for k in parts[0]}
+    save_arrays_atomic(merged_path, merged)
+    return merged
+
+
 def run_sweep(
     params,
     cfg,
@@ -264,35 +356,12 @@ def run_sweep(
     ``shard_fn(ids, mask) -> dict`` replaces the per-shard computation (tests).
     """
     ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
-    if ids.ndim != 2 or ids.shape != mask.shape or len(ids) == 0:
-        raise ValueError(f"ids {ids.shape} and mask {mask.shape}: expected equal [N, T], N > 0")
-    if sc.kind == "laig" and (saes is None or direction is None or refusal_token is None):
-        raise ValueError("a laig sweep needs saes, direction and refusal_token")
-    if sc.kind == "laig" and patch is not None:
-        raise ValueError("a laig sweep takes no patch (the ablation is LA-IG's own)")
-    if mesh is not None and sc.shard_size % mesh.shape[DATA]:
-        raise ValueError(
-            f"shard_size {sc.shard_size} is not a multiple of the {mesh.shape[DATA]} "
-            "data-parallel devices"
-        )
-    check_patch_rows(patch, len(ids))
+    _check_sweep_inputs(ids, mask, sc, saes, direction, refusal_token, patch, mesh)
     if direction is not None:
         direction = np.asarray(direction, np.float32)
     primary = is_primary()
     out = Path(out_dir)
-    key = content_key(
-        sc.key_fields(),
-        ids,
-        mask,
-        direction,
-        refusal_token,
-        cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg),
-        fingerprint(params),
-        fingerprint(saes) if sc.kind == "laig" else [],
-        fingerprint(patch),
-    )
-    if not _processes_agree(key):
-        raise ValueError("the processes of this multi-host sweep were given different inputs")
+    key = _sweep_key(sc, ids, mask, direction, refusal_token, cfg, params, saes, patch)
     n_shards = -(-len(ids) // sc.shard_size)
     manifest_path = out / "manifest.json"
     manifest = {
@@ -307,22 +376,7 @@ def run_sweep(
     def shard_path(i):
         return out / "shards" / f"{sc.kind}-{i:05d}.safetensors"
 
-    status = np.zeros(n_shards + 1, np.int8)  # [key mismatch, shard i exists...]
-    old_key = None
-    if primary:
-        (out / "shards").mkdir(parents=True, exist_ok=True)
-        if manifest_path.exists():
-            old_key = read_json(manifest_path).get("key")
-            status[0] = old_key != key
-        else:
-            write_json_atomic(manifest_path, manifest)
-        status[1:] = [shard_path(i).exists() for i in range(n_shards)]
-    status = _broadcast(status)
-    if status[0]:
-        raise ValueError(
-            f"{out} holds a sweep of other inputs or settings (key {old_key} != {key}; "
-            "memory settings aside, everything that changes results is keyed): use a new folder"
-        )
+    status = _open_folder(out, manifest, [shard_path(i) for i in range(n_shards)], primary)
 
     def compute(b_ids, b_mask, b_patch, n_real):
         if shard_fn is not None:
@@ -338,18 +392,8 @@ def run_sweep(
         return _generate_shard(params, cfg, b_ids, b_mask, b_patch, sc)
 
     def compute_guarded(b_ids, b_mask, b_patch, n_real):
-        advice = [f"lower --shard-size (now {len(b_ids)}, prompts of {b_ids.shape[1]} tokens)"]
-        if sc.kind == "laig" and (sc.alpha_batch or 1) > 1:
-            advice.append(f"lower --alpha-batch (now {sc.alpha_batch} alpha steps at once)")
-        if sc.kind == "laig" and not sc.remat:
-            advice.append("pass --remat (recompute layers in the backward pass)")
-        advice.append(
-            "use --dtype bfloat16, add devices (--model-parallel N splits the model over N), "
-            "or pass --auto-shrink to halve failing shards"
-        )
-        advice = ", ".join(advice)
         try:
-            with oom_guard(f"a {sc.kind} shard of {len(b_ids)} prompts", advice):
+            with oom_guard(f"a {sc.kind} shard of {len(b_ids)} prompts", _oom_advice(sc, b_ids)):
                 return compute(b_ids, b_mask, b_patch, n_real)
         except OutOfMemory:
             unit = 1 if mesh is None else mesh.shape[DATA]
@@ -363,13 +407,7 @@ def run_sweep(
                 )
                 for s, size, n in spans
             ]
-            # per-prompt arrays concatenate; batch sums (metric, attribution sums) add up
-            return {
-                k: np.concatenate([p[k] for p in parts])
-                if k in _PER_PROMPT
-                else sum(np.asarray(p[k]) for p in parts)
-                for k in parts[0]
-            }
+            return _join_halves(parts)
 
     computed = []
     todo = [i for i in range(n_shards) if not status[1 + i]]
@@ -399,9 +437,7 @@ def run_sweep(
     done = len(todo) == len(computed)
     merged = None
     if done and primary:
-        parts = [load_arrays(shard_path(i)) for i in range(n_shards)]
-        merged = {k: _merge_part(k, [p[k] for p in parts]) for k in parts[0]}
-        save_arrays_atomic(out / f"{sc.kind}.safetensors", merged)
+        merged = _merge_shards([shard_path(i) for i in range(n_shards)], out / manifest["merged"])
         write_json_atomic(manifest_path, manifest | {"complete": True})
     return {"done": done, "computed": computed, "results": merged, "n_shards": n_shards}
 
