@@ -12,25 +12,21 @@ import numpy as np
 import pytest
 
 from refusal_jax import sae as sae_lib
-from refusal_jax.core.config import gemma2_config
-from refusal_jax.core.model import forward, init_params
+from refusal_jax.core.model import forward
 from refusal_jax.core.patches import add_at_layers
 from refusal_jax.method.laig import feature_attributions, la_ig, position_weights
 from refusal_jax.method.prompts import generate_tokens
 from refusal_jax.study.sweep import OutOfMemory, SweepConfig, oom_guard, run_sweep
+from tests.support.tiny import TINY
 
-CFG = gemma2_config(
-    vocab_size=64, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, d_mlp=64,
-    sliding_window=6, eos_token_ids=(1,),
-)  # fmt: skip
+CFG = TINY
 D_SAE = 48
 SC = SweepConfig(kind="laig", shard_size=4, n_steps=3)
 
 
 @pytest.fixture(scope="module")
-def setup():
-    params = init_params(CFG, jax.random.PRNGKey(0), scale=0.3)
-    params = params | {"embed": params["embed"] * 0.2}
+def setup(tiny_params):
+    params = tiny_params
     k1, k2 = jax.random.split(jax.random.PRNGKey(1))
     w = jax.random.normal(k1, (CFG.n_layers, D_SAE, CFG.d_model))
     w = w / jnp.linalg.norm(w, axis=-1, keepdims=True)
