@@ -36,6 +36,7 @@ from refusal_jax.cli.common import (
     run_folder,
     subject_from_args,
 )
+from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
 from refusal_jax.core.io import write_json_atomic
 from refusal_jax.study.benchmark import PROTOCOLS, BenchmarkConfig, run_benchmark
 from refusal_jax.study.data import EVAL_SETS
@@ -64,7 +65,7 @@ def _real_data(src: PromptSource, args):
         lines = [ln.strip() for ln in Path(args.text_file).read_text().splitlines()]
         plain = [ln for ln in lines if ln][: args.n_prompts]
         if not plain:
-            raise SystemExit(f"--text-file {args.text_file} has no non-empty lines")
+            raise UsageError(f"--text-file {args.text_file} has no non-empty lines")
     else:
         plain = harmless_eval
     return dict(
@@ -77,7 +78,7 @@ def _real_data(src: PromptSource, args):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper")
@@ -171,4 +172,4 @@ def _plot(res, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -30,6 +30,7 @@ from refusal_jax.cli.common import (
     run_folder,
     subject_from_args,
 )
+from refusal_jax.core.errors import ArgumentParser, run_cli
 from refusal_jax.core.io import write_json_atomic
 from refusal_jax.method.direction import choose_best_layer, refusal_directions
 from refusal_jax.method.interventions import clamp_features
@@ -50,7 +51,7 @@ def _prompts(subject, args):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
     p.add_argument("--n-train", type=int, default=64)
@@ -142,4 +143,4 @@ def _plot(grid, sizes, clamps, path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -23,6 +23,7 @@ from refusal_jax.cli.common import (
     run_folder,
     subject_from_args,
 )
+from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
 from refusal_jax.core.io import write_json_atomic
 from refusal_jax.method.gcg import GCGConfig, gcg_search, suffixed
 from refusal_jax.method.judges import judge_responses, refusal_token
@@ -46,7 +47,7 @@ def _rates(before, after) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
     p.add_argument("--n-train", type=int, default=16)
@@ -73,7 +74,7 @@ def main(argv=None) -> dict:
     rt = refusal_token(tok)
     target = tok(args.target, add_special_tokens=False)["input_ids"]
     if not target:
-        raise SystemExit(f"--target {args.target!r} encodes to no token")
+        raise UsageError(f"--target {args.target!r} encodes to no token")
     key = content_key("gcg", train, dataclasses.asdict(gc), rt, int(target[0]))
     found = cache.json(
         "gcg",
@@ -140,4 +141,4 @@ def _plot(losses, path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from ports.safetensors_io import CheckpointError
 from refusal_jax.core import layout
 from refusal_jax.core.checkpoint import save_model
 from refusal_jax.core.config import ModelConfig, UnsupportedConfigError, gemma3_sliding_layers
+from refusal_jax.core.errors import ArgumentParser, run_cli
 from refusal_jax.core.model import rope_inv_freq
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
@@ -325,7 +327,7 @@ def save_tokenizer(path, out) -> str | None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--gguf", required=True, help="a llama/qwen2/qwen3/gemma3 .gguf file")
     p.add_argument("--out", required=True, help="output folder for the converted checkpoint")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -343,4 +345,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

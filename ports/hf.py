@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -22,6 +23,7 @@ from ports.safetensors_io import CheckpointError, load_file, read_header, save_f
 from refusal_jax.core import layout
 from refusal_jax.core.checkpoint import save_model
 from refusal_jax.core.config import ModelConfig, UnsupportedConfigError, config_from_hf
+from refusal_jax.core.errors import ArgumentParser, run_cli
 from refusal_jax.core.sharding import param_shardings
 
 
@@ -273,7 +275,7 @@ def save_hf(params: dict, cfg: ModelConfig, folder) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--hf-dir", required=True, help="HF folder with config.json + safetensors")
     p.add_argument("--out", required=True, help="output folder for the converted checkpoint")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -286,4 +288,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -15,6 +15,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from refusal_jax.core.errors import WeightsError
+
 DTYPES = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -30,7 +32,7 @@ DTYPES = {
 _NAMES = {v: k for k, v in DTYPES.items()}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WeightsError):
     """A checkpoint file is missing, malformed, or does not match what the model expects."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from refusal_jax.core.errors import UsageError
 from refusal_jax.method.judges import PROMPTS, ClassifierJudge
 from refusal_jax.study.runs import new_run_folder
 from refusal_jax.study.subject import Subject, load_classifier, load_subject
@@ -35,7 +36,7 @@ def subject_from_args(args: argparse.Namespace, **kwargs) -> Subject:
     """:func:`refusal_jax.study.subject.load_subject` of the subject flags (``kwargs``: its
     keyword arguments, e.g. ``mesh``, ``dtype``, ``with_saes``)."""
     if args.model_dir and not args.sae_dir and kwargs.get("with_saes", True):
-        raise SystemExit("--model-dir needs --sae-dir (SAEs for that model)")
+        raise UsageError("--model-dir needs --sae-dir (SAEs for that model)")
     return load_subject(
         args.model_dir,
         args.sae_dir,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ports import sae as sae_io
 from ports.loading import load_model
+from refusal_jax.core.errors import UsageError
 from refusal_jax.sae import train as sae_train
 
 
@@ -25,7 +26,7 @@ def _cmd_convert(args) -> int:
     if fmt == "llamascope":
         kw["saelens_5_5_2"] = args.saelens_5_5_2
     elif args.saelens_5_5_2:
-        raise SystemExit("--saelens-5-5-2 applies to LlamaScope SAEs only")
+        raise UsageError("--saelens-5-5-2 applies to LlamaScope SAEs only")
     if fmt == "saelens" and args.input_scale is not None:
         kw["input_scale"] = args.input_scale
     sae = sae_io.load_sae(args.src, format=fmt, **kw)
@@ -62,7 +63,7 @@ def _cmd_train(args) -> int:
         source = sae_train.ArraySource(acts, args.batch_size, seed=args.seed, layers=layers)
     else:
         if not (args.model_dir and args.tokens and args.layers):
-            raise SystemExit("give --activations, or --model-dir with --tokens and --layers")
+            raise UsageError("give --activations, or --model-dir with --tokens and --layers")
 
         model_cfg, params = load_model(args.model_dir)
         with np.load(args.tokens, allow_pickle=False) as z:

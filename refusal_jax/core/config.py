@@ -11,10 +11,12 @@ import dataclasses
 import math
 from typing import Any
 
+from refusal_jax.core.errors import ConfigError
+
 FAMILIES = ("gemma2", "gemma3", "llama", "qwen2", "qwen3")
 
 
-class UnsupportedConfigError(ValueError):
+class UnsupportedConfigError(ConfigError):
     """A checkpoint configuration asks for something this implementation does not do."""
 
 

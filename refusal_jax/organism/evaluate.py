@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from refusal_jax.core.config import ModelConfig
+from refusal_jax.core.errors import ArgumentParser, run_cli
 from refusal_jax.core.patches import add_at_layers
 from refusal_jax.method.direction import refusal_directions
 from refusal_jax.method.interventions import ablate_direction
@@ -185,7 +186,7 @@ def directional_check(
 def main(argv=None) -> None:
     """Evaluate a saved organism folder and record the rates in its ``organism.json``."""
 
-    p = argparse.ArgumentParser(description=main.__doc__)
+    p = ArgumentParser(description=main.__doc__)
     p.add_argument("--model", default=str(MODEL_DIR))
     p.add_argument(
         "--seed", type=int, default=None, help="corpus seed (default: the model's, organism.json)"
@@ -208,4 +209,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

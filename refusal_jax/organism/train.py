@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import optax
 from ports.hf import save_hf
 from refusal_jax.core.checkpoint import load_pytree, save_pytree
 from refusal_jax.core.config import ModelConfig, gemma2_config
+from refusal_jax.core.errors import ArgumentParser, run_cli
 from refusal_jax.core.losses import next_token_ce
 from refusal_jax.core.model import forward_fn, init_params
 from refusal_jax.organism.corpus import Corpus, Example, build_corpus
@@ -340,7 +342,7 @@ def export_model(folder, cfg: ModelConfig, params, tok, record: dict | None = No
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="run folder (OUT/ckpt, OUT/model)")
     p.add_argument(
         "--seed", type=int, default=OrganismTrainConfig.seed, help="initialization and batch order"
@@ -373,4 +375,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

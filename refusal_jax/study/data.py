@@ -16,11 +16,13 @@ import json
 import os
 from pathlib import Path
 
+from refusal_jax.core.errors import DataError
+
 ENV_VAR = "REFUSAL_JAX_DATA"
 EVAL_SETS = ("harmbench_test", "jailbreakbench", "advbench")
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError):
     """A dataset file is missing, empty or malformed."""
 
 
