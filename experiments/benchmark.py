@@ -33,6 +33,7 @@ from refusal_jax.cli.common import (
     add_run_arguments,
     add_subject_arguments,
     classifier_from_args,
+    number_list,
     run_folder,
     subject_from_args,
 )
@@ -94,6 +95,7 @@ def main(argv=None) -> dict:
     p.add_argument("--clamp-value", type=float, default=None)
     p.add_argument(
         "--induction-values",
+        type=number_list(float),
         default=None,
         help="set-clamp values (default 10,15,20,25,30; organism 0.5,1,2,4,8)",
     )
@@ -105,7 +107,7 @@ def main(argv=None) -> dict:
     out = run_folder(args, "benchmark")
     src = subject.prompts(args.seed)
     d = _organism_data(src, args) if subject.organism else _real_data(src, args)
-    default_ind = "0.5,1,2,4,8" if subject.organism else "10,15,20,25,30"
+    default_ind = (0.5, 1.0, 2.0, 4.0, 8.0) if subject.organism else (10.0, 15.0, 20.0, 25.0, 30.0)
     max_new = args.max_new_tokens or (24 if subject.organism else 256)
     pc = PipelineConfig(
         best_layer=args.best_layer,
@@ -120,7 +122,7 @@ def main(argv=None) -> dict:
     bc = BenchmarkConfig(
         pipeline=pc,
         protocol=args.protocol,
-        induction_values=tuple(float(x) for x in (args.induction_values or default_ind).split(",")),
+        induction_values=tuple(args.induction_values or default_ind),
         n_induction=min(100, args.n_prompts),
     )
     classifier = classifier_from_args(args)

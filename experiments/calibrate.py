@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from refusal_jax.cli.common import (
     add_run_arguments,
     add_subject_arguments,
+    number_list,
     run_folder,
     subject_from_args,
 )
@@ -57,8 +58,10 @@ def main(argv=None) -> dict:
     p.add_argument("--n-train", type=int, default=64)
     p.add_argument("--n-val", type=int, default=96)
     p.add_argument("--n-features", type=int, default=20)
-    p.add_argument("--clamp-values", default="0,-0.5,-1,-2,-3")
-    p.add_argument("--candidates", default="10,20,40,80", help="F0 sizes per layer")
+    p.add_argument("--clamp-values", type=number_list(float), default=(0.0, -0.5, -1.0, -2.0, -3.0))
+    p.add_argument(
+        "--candidates", type=number_list(int), default=(10, 20, 40, 80), help="F0 sizes per layer"
+    )
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args(argv)
     subject = subject_from_args(args)
@@ -74,8 +77,7 @@ def main(argv=None) -> dict:
     attr = accumulate_attributions(
         params, cfg, saes, *h, directions[best], rt, pc, progress=not args.quiet
     )
-    clamps = [float(c) for c in args.clamp_values.split(",")]
-    sizes = [int(k) for k in args.candidates.split(",")]
+    clamps, sizes = list(args.clamp_values), list(args.candidates)
     gen = lambda ids_mask, patch: decode_responses(
         tok,
         *generate_tokens(params, cfg, *ids_mask, max_new_tokens=args.max_new_tokens, patch=patch),

@@ -40,7 +40,7 @@ from ports.safetensors_io import CheckpointError
 from refusal_jax.core import layout
 from refusal_jax.core.checkpoint import save_model
 from refusal_jax.core.config import ModelConfig, UnsupportedConfigError, gemma3_sliding_layers
-from refusal_jax.core.errors import ArgumentParser, run_cli
+from refusal_jax.core.errors import ArgumentParser, check_finite_tree, run_cli
 from refusal_jax.core.model import rope_inv_freq
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
@@ -307,7 +307,9 @@ def load_gguf(path, dtype=jnp.float32) -> tuple[ModelConfig, dict]:
     """Load a GGUF file: returns ``(cfg, params)`` in ``dtype`` (float32 or bfloat16)."""
     reader = _reader(path)
     cfg = config_from_gguf(reader)
-    return cfg, load_gguf_params(reader, cfg, dtype)
+    params = load_gguf_params(reader, cfg, dtype)
+    check_finite_tree(params, str(path))
+    return cfg, params
 
 
 def save_tokenizer(path, out) -> str | None:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from refusal_jax.core.config import ModelConfig
+from refusal_jax.core.errors import check_finite_tree
 from refusal_jax.core.sharding import param_shardings
 
 CONFIG_NAME = "refusal_jax_config.json"
@@ -79,6 +80,7 @@ def load_converted(folder, mesh=None, dtype=None) -> tuple[ModelConfig, dict]:
     cfg = ModelConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
     if mesh is None:
         params = jax.tree.map(jnp.asarray, load_pytree(folder / "params"))
+        check_finite_tree(params, str(folder / "params"))
         return cfg, params if dtype is None else jax.tree.map(lambda a: a.astype(dtype), params)
     with ocp.StandardCheckpointer() as ckptr:
         meta = ckptr.metadata(Path(folder / "params").absolute())
@@ -90,4 +92,6 @@ def load_converted(folder, mesh=None, dtype=None) -> tuple[ModelConfig, dict]:
         param_shardings(cfg, mesh),
         dict(meta),
     )
-    return cfg, load_pytree(folder / "params", abstract)
+    params = load_pytree(folder / "params", abstract)
+    check_finite_tree(params, str(folder / "params"))
+    return cfg, params

@@ -18,6 +18,7 @@ import os
 import sys
 import traceback
 
+import jax
 import numpy as np
 
 
@@ -59,6 +60,59 @@ def check_finite(value, what: str) -> None:
         flat = arr.reshape(-1).astype(np.float32)
         n_bad = int((~np.isfinite(flat)).sum())
         raise NonFiniteError(f"{what}: {n_bad} of {flat.size} values are NaN or infinite")
+
+
+def check_direction(direction, d_model: int | None, what: str = "direction") -> None:
+    """Refuse a refusal direction that is not a finite, non-zero vector [d_model] (concrete
+    arrays only; traced ones pass). Raises :class:`NonFiniteError` / :class:`UserError` naming
+    ``what``."""
+    if type(direction).__module__.startswith("jax") and not hasattr(
+        direction, "addressable_shards"
+    ):
+        return  # a tracer
+    try:
+        v = np.asarray(direction, np.float32)
+    except Exception:  # noqa: BLE001 - traced or otherwise abstract: not checkable here
+        return
+    if d_model is not None and v.shape != (d_model,):
+        raise UserError(f"{what} has shape {v.shape}, expected ({d_model},)")
+    check_finite(v, what)
+    if not np.any(v):
+        raise UserError(f"{what} is all zeros: it has no direction to ablate or attribute along")
+
+
+def nonfinite_rows(arr, stacked: bool = False) -> list[int] | bool:
+    """Where a (possibly sharded, multi-host) array holds NaN/inf, reading only this process's
+    shards: the sorted leading indices with a bad value when ``stacked`` (one row per layer),
+    else whether any value is bad."""
+    bad: set[int] = set()
+    any_bad = False
+    shards = getattr(arr, "addressable_shards", None)
+    pieces = (
+        [(np.asarray(s.data), s.index) for s in shards] if shards else [(np.asarray(arr), None)]
+    )
+    for data, index in pieces:
+        f32 = data.dtype in (np.float32, np.float64)
+        ok = np.isfinite(data if f32 else data.astype(np.float32))
+        if stacked and data.ndim:
+            start = (index[0].start or 0) if index else 0
+            rows = ~ok.reshape(data.shape[0], -1).all(axis=1)
+            bad.update(int(start + i) for i in np.flatnonzero(rows))
+        elif not ok.all():
+            any_bad = True
+    return sorted(bad) if stacked else any_bad
+
+
+def check_finite_tree(tree, where: str) -> None:
+    """Raise :class:`WeightsError` naming the first parameter (pytree path, and layer for the
+    ``layers`` subtree) of ``tree`` that holds a NaN or an infinity."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        stacked = name.startswith("layers.")
+        bad = nonfinite_rows(leaf, stacked)
+        if bad:
+            at = f" at layers {bad[:8]}" if stacked else ""
+            raise WeightsError(f"{where}: tensor {name}{at} has NaN or infinite values")
 
 
 def check_number(value, what: str, *, minimum=None, positive=False) -> float:
@@ -124,7 +178,10 @@ __all__ = [
     "UsageError",
     "UserError",
     "WeightsError",
+    "check_direction",
     "check_finite",
+    "check_finite_tree",
+    "nonfinite_rows",
     "check_number",
     "debug_requested",
     "run_cli",
