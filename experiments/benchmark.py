@@ -38,7 +38,7 @@ from refusal_jax.cli.common import (
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.study.benchmark import PROTOCOLS, BenchmarkConfig, run_benchmark
 from refusal_jax.study.data import EVAL_SETS
 from refusal_jax.study.pipeline import METHODS, PipelineConfig
@@ -157,7 +157,7 @@ def _plot(res, out: Path) -> None:
     ax.set_ylabel("jailbreak rate")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "jailbreak.png", dpi=120)
+    save_figure_atomic(fig, out / "jailbreak.png", dpi=120)
     plt.close(fig)
     ind = res["refusal_induction"]
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -169,7 +169,7 @@ def _plot(res, out: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "induction.png", dpi=120)
+    save_figure_atomic(fig, out / "induction.png", dpi=120)
     plt.close(fig)
 
 

@@ -32,7 +32,7 @@ from refusal_jax.cli.common import (
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, run_cli
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.direction import choose_best_layer, refusal_directions
 from refusal_jax.method.interventions import clamp_features
 from refusal_jax.method.judges import judge_responses, refusal_token
@@ -140,7 +140,7 @@ def _plot(grid, sizes, clamps, path):
             ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
     fig.colorbar(im, label="jailbreak rate (validation)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -37,7 +37,7 @@ from refusal_jax.cli.common import (
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.prompts import shared_padding
 from refusal_jax.organism.corpus import HARM_CATEGORIES
 from refusal_jax.study import data
@@ -214,7 +214,7 @@ def _plot(res, out: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "scores.png", dpi=120)
+    save_figure_atomic(fig, out / "scores.png", dpi=120)
     plt.close(fig)
     norm = {c: v for c, v in res["normalized"].items() if v}
     if norm:
@@ -227,7 +227,7 @@ def _plot(res, out: Path) -> None:
         ax.set_ylabel("normalized jailbreak (/ all)")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "normalized.png", dpi=120)
+        save_figure_atomic(fig, out / "normalized.png", dpi=120)
         plt.close(fig)
     if res["transfer"]["score"] is not None:
         fig, ax = plt.subplots(figsize=(5, 4.5))
@@ -238,7 +238,7 @@ def _plot(res, out: Path) -> None:
         ax.set_ylabel("specific features of category")
         fig.colorbar(im, label=key.replace("_", " "))
         fig.tight_layout()
-        fig.savefig(out / "transfer.png", dpi=120)
+        save_figure_atomic(fig, out / "transfer.png", dpi=120)
         plt.close(fig)
 
 

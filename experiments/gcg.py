@@ -24,7 +24,7 @@ from refusal_jax.cli.common import (
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.gcg import GCGConfig, gcg_search, suffixed
 from refusal_jax.method.judges import judge_responses, refusal_token
 from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
@@ -136,7 +136,7 @@ def _plot(losses, path) -> None:
     ax.set_xlabel("GCG step")
     ax.set_ylabel("logit(I) - logit(target), mean")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -37,7 +37,7 @@ from refusal_jax.cli.common import (
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.features import FeatureSet
 from refusal_jax.method.gcg import GCGConfig, gcg_search
 from refusal_jax.method.judges import judge_responses
@@ -263,7 +263,7 @@ def _plot(res, out: Path) -> None:
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "drops.png", dpi=120)
+    save_figure_atomic(fig, out / "drops.png", dpi=120)
     plt.close(fig)
 
     s = res["suffix"]
@@ -275,7 +275,7 @@ def _plot(res, out: Path) -> None:
     a2.barh([w for w, _ in top][::-1], [n for _, n in top][::-1])
     a2.set_xlabel("most suppressive word (count)")
     fig.tight_layout()
-    fig.savefig(out / "suffix.png", dpi=120)
+    save_figure_atomic(fig, out / "suffix.png", dpi=120)
     plt.close(fig)
 
 

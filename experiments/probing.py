@@ -31,7 +31,7 @@ from refusal_jax.cli.common import (
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.judges import judge_responses
 from refusal_jax.method.probing import last_token_resid, probe_report
 from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
@@ -164,7 +164,7 @@ def _plot(res, out: Path) -> None:
     ax2.set_ylim(0, 1)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "probes.png", dpi=120)
+    save_figure_atomic(fig, out / "probes.png", dpi=120)
     plt.close(fig)
 
 

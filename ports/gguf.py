@@ -41,6 +41,7 @@ from refusal_jax.core import layout
 from refusal_jax.core.checkpoint import save_model
 from refusal_jax.core.config import ModelConfig, UnsupportedConfigError, gemma3_sliding_layers
 from refusal_jax.core.errors import ArgumentParser, check_finite_tree, run_cli
+from refusal_jax.core.io import check_separate
 from refusal_jax.core.model import rope_inv_freq
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
@@ -335,6 +336,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args(argv)
 
+    check_separate(args.out, args.gguf, "--out", "--gguf")
     cfg, params = load_gguf(args.gguf, dtype=jnp.dtype(args.dtype))
     save_model(args.out, cfg, params)
     n = sum(int(math.prod(x.shape)) for x in jax.tree.leaves(params))

@@ -24,6 +24,7 @@ from refusal_jax.core import layout
 from refusal_jax.core.checkpoint import save_model
 from refusal_jax.core.config import ModelConfig, UnsupportedConfigError, config_from_hf
 from refusal_jax.core.errors import ArgumentParser, nonfinite_rows, run_cli
+from refusal_jax.core.io import check_separate
 from refusal_jax.core.sharding import param_shardings
 
 
@@ -294,6 +295,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args(argv)
 
+    check_separate(args.out, args.hf_dir, "--out", "--hf-dir")
     cfg, params = load_hf(args.hf_dir, dtype=jnp.dtype(args.dtype))
     save_model(args.out, cfg, params, tokenizer_dir=args.hf_dir)
     n = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(params))

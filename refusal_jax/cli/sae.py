@@ -10,6 +10,7 @@ from pathlib import Path
 from ports import sae as sae_io
 from ports.loading import load_model
 from refusal_jax.core.errors import UsageError
+from refusal_jax.core.io import check_separate, write_text_atomic
 from refusal_jax.sae import train as sae_train
 
 
@@ -19,6 +20,7 @@ def _layers(text: str) -> list[int]:
 
 def _cmd_convert(args) -> int:
 
+    check_separate(args.out, args.src, "out", "src")
     kw = {}
     if args.expected_d_in is not None:
         kw["expected_d_in"] = args.expected_d_in
@@ -94,8 +96,8 @@ def _cmd_train(args) -> int:
         sae_io.save_saelens(sae, out / f"layer_{layer}", hook_name=hook)
         summary["layers"][str(layer)] = metrics
         print(f"layer {layer}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    (out / "history.json").write_text(json.dumps(res.history))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "history.json", json.dumps(res.history))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return 0
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from refusal_jax.cli.common import add_subject_arguments, subject_from_args
-from refusal_jax.core.errors import ArgumentParser, run_cli
+from refusal_jax.core.errors import ArgumentParser, check_direction, run_cli
 from refusal_jax.core.sharding import DATA, initialize_multihost, is_primary, make_mesh
 from refusal_jax.method.judges import refusal_token
 from refusal_jax.method.prompts import encode_prompts
@@ -106,6 +106,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
         rt = refusal_token(tok)
         if args.direction:
             direction = read_direction(args.direction)
+            check_direction(direction, cfg.d_model, f"--direction {args.direction}")
         else:
             direction = sweep_direction(
                 args.out, params, cfg, tok, source, args.direction_prompts, args.best_layer

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from refusal_jax.core.errors import UsageError
+
 
 def write_text_atomic(path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
@@ -21,6 +23,26 @@ def write_text_atomic(path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def save_figure_atomic(fig, path, **kw) -> None:
+    """``fig.savefig(path, **kw)`` via a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    fig.savefig(tmp, **kw)
+    os.replace(tmp, path)
+
+
+def check_separate(out, src, out_flag: str = "--out", src_flag: str = "the input") -> None:
+    """Refuse an output path equal to, inside, or containing the input path (a conversion
+    would overwrite or delete its own source): :class:`UsageError` naming both flags."""
+    o, s = Path(out).resolve(), Path(src).resolve()
+    if o == s or s in o.parents or o in s.parents:
+        rel = "is" if o == s else "is inside" if s in o.parents else "contains"
+        raise UsageError(
+            f"{out_flag} {out} {rel} {src_flag} {src}: write the output somewhere else"
+        )
 
 
 def jsonable(obj):
@@ -62,10 +84,12 @@ def load_arrays(path) -> dict[str, np.ndarray]:
 
 
 __all__ = [
+    "check_separate",
     "jsonable",
     "load_arrays",
     "read_json",
     "save_arrays_atomic",
+    "save_figure_atomic",
     "write_json_atomic",
     "write_text_atomic",
 ]

@@ -11,6 +11,7 @@ import numpy as np
 
 from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.errors import ArgumentParser, run_cli
+from refusal_jax.core.io import write_text_atomic
 from refusal_jax.core.patches import add_at_layers
 from refusal_jax.method.direction import refusal_directions
 from refusal_jax.method.interventions import ablate_direction
@@ -205,7 +206,7 @@ def main(argv=None) -> None:
         record = json.loads(path.read_text()) if path.exists() else {}
         record["behaviour"] = {**rates, "limit_per_group": args.limit}
         record["direction"] = direction
-        path.write_text(json.dumps(record, indent=2))
+        write_text_atomic(path, json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from ports.hf import save_hf
 from refusal_jax.core.checkpoint import load_pytree, save_pytree
 from refusal_jax.core.config import ModelConfig, gemma2_config
 from refusal_jax.core.errors import ArgumentParser, run_cli
+from refusal_jax.core.io import write_text_atomic
 from refusal_jax.core.losses import next_token_ce
 from refusal_jax.core.model import forward_fn, init_params
 from refusal_jax.organism.corpus import Corpus, Example, build_corpus
@@ -220,7 +221,7 @@ def save_checkpoint(root: Path, step: int, params, opt_state) -> None:
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step_{step:06d}"
     save_pytree(target, {"params": params, "opt_state": opt_state})
-    (target / "DONE").write_text(str(step))
+    write_text_atomic(target / "DONE", str(step))
     for old in _ckpt_dirs(root):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
@@ -333,7 +334,7 @@ def export_model(folder, cfg: ModelConfig, params, tok, record: dict | None = No
         "pad_token_id": cfg.pad_token_id,
         "do_sample": False,
     }
-    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    write_text_atomic(folder / "generation_config.json", json.dumps(gen, indent=2))
     if record is not None:
         tmp = folder / "organism.json.tmp"
         tmp.write_text(json.dumps(record, indent=2))
