@@ -91,6 +91,25 @@ CLI_CASES = [
     (["demo", "--model-dir", "/nonexistent-model"], "--sae-dir"),
     (["sweep", "laig", "--out", "{out}/sweep", "--best-layer", "-1"], "--best-layer -1"),
     (["convert-sae", "{out}", "{out}"], "is src"),
+    (["convert-sae", "{out}", "{out}/sub"], "is inside src"),
+    (
+        [
+            "train-sae",
+            "--activations",
+            "a.npy",
+            "--out",
+            "{out}/t",
+            "--d-sae",
+            "8",
+            "--layers",
+            "0,x",
+        ],
+        "--layers",
+    ),
+    (
+        ["train-sae", "--activations", "{out}/missing.npy", "--out", "{out}/t", "--d-sae", "8"],
+        "missing.npy",
+    ),
 ]
 
 
@@ -436,3 +455,17 @@ def test_sigkill_during_conversion_keeps_the_previous_folder(hf_dir, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, rerun, reference)
     assert not tmp.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_failed_run_folder_is_removed_or_marked(tmp_path):
+    from refusal_jax.study.demo import mark_failed
+
+    empty, partial = tmp_path / "empty", tmp_path / "partial"
+    empty.mkdir()
+    partial.mkdir()
+    (partial / "cache.json").write_text("{}")
+    err = NonFiniteError("pipeline stage 'LA-IG': feature attributions: 3 of 9 values are NaN")
+    mark_failed(empty, err)
+    mark_failed(partial, err)
+    assert not empty.exists()
+    assert "stage 'LA-IG'" in (partial / "FAILED").read_text()

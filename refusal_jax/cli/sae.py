@@ -9,13 +9,14 @@ from pathlib import Path
 
 from ports import sae as sae_io
 from ports.loading import load_model
+from refusal_jax.cli.common import number_list
 from refusal_jax.core.errors import UsageError
 from refusal_jax.core.io import check_separate, write_text_atomic
 from refusal_jax.sae import train as sae_train
 
 
-def _layers(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
+def _layers(layers) -> list[int]:
+    return [int(t) for t in layers]
 
 
 def _cmd_convert(args) -> int:
@@ -126,7 +127,9 @@ def add_sae_commands(subparsers) -> None:
     src.add_argument("--activations", default=None, help=".npy activations [N, d] or [L, N, d]")
     src.add_argument("--model-dir", default=None, help="converted or HF model folder")
     src.add_argument("--tokens", default=None, help=".npz with input_ids and attention_mask [N, T]")
-    src.add_argument("--layers", default=None, help="comma-separated resid_post layers")
+    src.add_argument(
+        "--layers", type=number_list(int), default=None, help="comma-separated resid_post layers"
+    )
     src.add_argument("--seqs-per-step", type=int, default=8)
     src.add_argument("--eval-seqs", type=int, default=32, help="sequences for CE loss recovered")
     t.add_argument("--out", required=True, help="output folder (SAELens folders per layer)")
