@@ -469,3 +469,14 @@ def test_failed_run_folder_is_removed_or_marked(tmp_path):
     mark_failed(partial, err)
     assert not empty.exists()
     assert "stage 'LA-IG'" in (partial / "FAILED").read_text()
+
+
+@pytest.mark.parametrize("name,raw", [("shard-3.safetensors", b"\x10\x00garbage"),
+                                      ("result.json", b'{"a": 1,')])  # fmt: skip
+def test_damaged_result_files_are_named(tmp_path, name, raw):
+    from refusal_jax.core.io import load_arrays, read_json
+
+    path = tmp_path / name
+    path.write_bytes(raw)
+    with pytest.raises(UserError, match=name):
+        (load_arrays if name.endswith(".safetensors") else read_json)(path)

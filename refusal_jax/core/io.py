@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from refusal_jax.core.errors import UsageError
+from refusal_jax.core.errors import UsageError, UserError, WeightsError
 
 
 def write_text_atomic(path, text: str) -> None:
@@ -67,7 +67,11 @@ def write_json_atomic(path, obj) -> None:
 
 
 def read_json(path):
-    return json.loads(Path(path).read_text())
+    """The JSON in ``path``; a malformed or non-UTF-8 file is a :class:`UserError` naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: malformed JSON ({e})") from None
 
 
 def save_arrays_atomic(path, arrays: dict) -> None:
@@ -80,7 +84,13 @@ def save_arrays_atomic(path, arrays: dict) -> None:
 
 
 def load_arrays(path) -> dict[str, np.ndarray]:
-    return load_file(str(path))
+    """The arrays of a safetensors file; a damaged file is a :class:`WeightsError` naming it."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise WeightsError(f"{path}: unreadable safetensors file ({e})") from None
 
 
 __all__ = [
