@@ -55,7 +55,8 @@ def main(argv=None) -> dict:
     p.add_argument("--n-tokens", type=int, default=8)
     p.add_argument("--n-steps", type=int, default=40)
     p.add_argument("--top-k", type=int, default=64)
-    p.add_argument("--n-candidates", type=int, default=128)
+    p.add_argument("--n-candidates", type=int, default=128, help="GCG candidates per step")
+    p.set_defaults(sae_width_flags=("n_features",))  # --n-candidates is GCG's, not F0
     p.add_argument("--candidate-batch", type=int, default=32, help="candidates per forward")
     p.add_argument("--target", default="Sure", help="first response token to aim for")
     p.add_argument("--max-new-tokens", type=int, default=16)

@@ -76,7 +76,8 @@ def check_args(args: argparse.Namespace, subject: Subject | None = None) -> None
         )
     if subject.saes is not None:
         width = int(subject.saes.W_dec.shape[-2])
-        for name in ("n_candidates", "n_features", "candidates"):
+        # a script whose flag of that name is not about SAE features sets sae_width_flags
+        for name in getattr(args, "sae_width_flags", ("n_candidates", "n_features", "candidates")):
             v = getattr(args, name, None)
             for k in v if isinstance(v, tuple) else () if v is None else (v,):
                 if not 1 <= int(k) <= width:
