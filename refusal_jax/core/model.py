@@ -344,11 +344,21 @@ def forward_fn(
     return ForwardOutput(logits, pre, posts, kv if return_kv else None, unpatched)
 
 
-def check_inputs(cfg: ModelConfig, input_ids, attention_mask=None, where: str = "forward"):
+def n_embeddings(params, cfg: ModelConfig) -> int:
+    """Rows of the embedding table (``cfg.vocab_size`` unless the table was extended)."""
+    embed = params.get("embed") if isinstance(params, dict) else None
+    return int(embed.shape[0]) if getattr(embed, "shape", None) else cfg.vocab_size
+
+
+def check_inputs(
+    cfg: ModelConfig, input_ids, attention_mask=None, where: str = "forward", n_vocab=None
+):
     """Validate a concrete batch before it reaches a jitted program: ``input_ids`` [B, T] integer
-    ids in [0, vocab_size), ``attention_mask`` [B, T] of 0/1 with left padding only (0s, then 1s)
-    and T <= ``cfg.max_position_embeddings``. Traced (or not fully addressable) inputs are not
+    ids in [0, n_vocab) (default ``cfg.vocab_size``; see :func:`n_embeddings`),
+    ``attention_mask`` [B, T] of 0/1 with left padding only (0s, then 1s) and
+    T <= ``cfg.max_position_embeddings``. Traced (or not fully addressable) inputs are not
     checked. Raises ``ValueError`` naming ``where`` and the problem."""
+    n_vocab = cfg.vocab_size if n_vocab is None else n_vocab
     for a in (input_ids, attention_mask):
         if isinstance(a, jax.core.Tracer) or not getattr(a, "is_fully_addressable", True):
             return
@@ -362,10 +372,10 @@ def check_inputs(cfg: ModelConfig, input_ids, attention_mask=None, where: str = 
             f"{where}: input_ids has {ids.shape[1]} positions, more than the model's "
             f"max_position_embeddings {cfg.max_position_embeddings}"
         )
-    if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
-        bad = int(ids.max()) if ids.max() >= cfg.vocab_size else int(ids.min())
+    if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
+        bad = int(ids.max()) if ids.max() >= n_vocab else int(ids.min())
         raise InputError(
-            f"{where}: input_ids holds token id {bad}, outside the vocabulary [0, {cfg.vocab_size})"
+            f"{where}: input_ids holds token id {bad}, outside the vocabulary [0, {n_vocab})"
         )
     if attention_mask is None:
         return
@@ -390,7 +400,7 @@ _forward_jit = jax.jit(
 
 @functools.wraps(forward_fn)
 def forward(params, cfg, input_ids, attention_mask=None, patch=None, **kw) -> ForwardOutput:
-    check_inputs(cfg, input_ids, attention_mask, "forward")
+    check_inputs(cfg, input_ids, attention_mask, "forward", n_embeddings(params, cfg))
     return _forward_jit(params, cfg, input_ids, attention_mask, patch, **kw)
 
 
@@ -523,7 +533,7 @@ def generate(
     at every step (prompt and generated tokens), or only while the prompt is processed when
     ``patch_prompt_only``.
     """
-    check_inputs(cfg, input_ids, attention_mask, "generate")
+    check_inputs(cfg, input_ids, attention_mask, "generate", n_embeddings(params, cfg))
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
