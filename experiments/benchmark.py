@@ -33,10 +33,12 @@ from refusal_jax.cli.common import (
     add_run_arguments,
     add_subject_arguments,
     classifier_from_args,
+    number_list,
     run_folder,
     subject_from_args,
 )
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.study.benchmark import PROTOCOLS, BenchmarkConfig, run_benchmark
 from refusal_jax.study.data import EVAL_SETS
 from refusal_jax.study.pipeline import METHODS, PipelineConfig
@@ -64,7 +66,7 @@ def _real_data(src: PromptSource, args):
         lines = [ln.strip() for ln in Path(args.text_file).read_text().splitlines()]
         plain = [ln for ln in lines if ln][: args.n_prompts]
         if not plain:
-            raise SystemExit(f"--text-file {args.text_file} has no non-empty lines")
+            raise UsageError(f"--text-file {args.text_file} has no non-empty lines")
     else:
         plain = harmless_eval
     return dict(
@@ -77,7 +79,7 @@ def _real_data(src: PromptSource, args):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper")
@@ -93,6 +95,7 @@ def main(argv=None) -> dict:
     p.add_argument("--clamp-value", type=float, default=None)
     p.add_argument(
         "--induction-values",
+        type=number_list(float),
         default=None,
         help="set-clamp values (default 10,15,20,25,30; organism 0.5,1,2,4,8)",
     )
@@ -104,7 +107,7 @@ def main(argv=None) -> dict:
     out = run_folder(args, "benchmark")
     src = subject.prompts(args.seed)
     d = _organism_data(src, args) if subject.organism else _real_data(src, args)
-    default_ind = "0.5,1,2,4,8" if subject.organism else "10,15,20,25,30"
+    default_ind = (0.5, 1.0, 2.0, 4.0, 8.0) if subject.organism else (10.0, 15.0, 20.0, 25.0, 30.0)
     max_new = args.max_new_tokens or (24 if subject.organism else 256)
     pc = PipelineConfig(
         best_layer=args.best_layer,
@@ -119,7 +122,7 @@ def main(argv=None) -> dict:
     bc = BenchmarkConfig(
         pipeline=pc,
         protocol=args.protocol,
-        induction_values=tuple(float(x) for x in (args.induction_values or default_ind).split(",")),
+        induction_values=tuple(args.induction_values or default_ind),
         n_induction=min(100, args.n_prompts),
     )
     classifier = classifier_from_args(args)
@@ -154,7 +157,7 @@ def _plot(res, out: Path) -> None:
     ax.set_ylabel("jailbreak rate")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "jailbreak.png", dpi=120)
+    save_figure_atomic(fig, out / "jailbreak.png", dpi=120)
     plt.close(fig)
     ind = res["refusal_induction"]
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -166,9 +169,9 @@ def _plot(res, out: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "induction.png", dpi=120)
+    save_figure_atomic(fig, out / "induction.png", dpi=120)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -27,10 +27,12 @@ from tqdm.auto import tqdm
 from refusal_jax.cli.common import (
     add_run_arguments,
     add_subject_arguments,
+    number_list,
     run_folder,
     subject_from_args,
 )
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.errors import ArgumentParser, run_cli
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.direction import choose_best_layer, refusal_directions
 from refusal_jax.method.interventions import clamp_features
 from refusal_jax.method.judges import judge_responses, refusal_token
@@ -50,14 +52,16 @@ def _prompts(subject, args):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
     p.add_argument("--n-train", type=int, default=64)
     p.add_argument("--n-val", type=int, default=96)
     p.add_argument("--n-features", type=int, default=20)
-    p.add_argument("--clamp-values", default="0,-0.5,-1,-2,-3")
-    p.add_argument("--candidates", default="10,20,40,80", help="F0 sizes per layer")
+    p.add_argument("--clamp-values", type=number_list(float), default=(0.0, -0.5, -1.0, -2.0, -3.0))
+    p.add_argument(
+        "--candidates", type=number_list(int), default=(10, 20, 40, 80), help="F0 sizes per layer"
+    )
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args(argv)
     subject = subject_from_args(args)
@@ -73,8 +77,7 @@ def main(argv=None) -> dict:
     attr = accumulate_attributions(
         params, cfg, saes, *h, directions[best], rt, pc, progress=not args.quiet
     )
-    clamps = [float(c) for c in args.clamp_values.split(",")]
-    sizes = [int(k) for k in args.candidates.split(",")]
+    clamps, sizes = list(args.clamp_values), list(args.candidates)
     gen = lambda ids_mask, patch: decode_responses(
         tok,
         *generate_tokens(params, cfg, *ids_mask, max_new_tokens=args.max_new_tokens, patch=patch),
@@ -137,9 +140,9 @@ def _plot(grid, sizes, clamps, path):
             ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
     fig.colorbar(im, label="jailbreak rate (validation)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -36,7 +36,8 @@ from refusal_jax.cli.common import (
     run_folder,
     subject_from_args,
 )
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.prompts import shared_padding
 from refusal_jax.organism.corpus import HARM_CATEGORIES
 from refusal_jax.study import data
@@ -61,7 +62,7 @@ def _data(subject, args):
         cats = args.categories.split(",") if args.categories else list(HARM_CATEGORIES)
         unknown = sorted(set(cats) - set(HARM_CATEGORIES))
         if unknown:
-            raise SystemExit(f"--categories {unknown}: the organism has {list(HARM_CATEGORIES)}")
+            raise UsageError(f"--categories {unknown}: the organism has {list(HARM_CATEGORIES)}")
         prompts = lambda split, c: pick(
             corpus.prompts(split, harmful=True, wrapped=False, category=c), n
         )
@@ -71,7 +72,7 @@ def _data(subject, args):
         return fit, test, harmless
 
     if not args.categories_file:
-        raise SystemExit("--categories-file is needed on a real model (CategoricalHarmfulQA)")
+        raise UsageError("--categories-file is needed on a real model (CategoricalHarmfulQA)")
     by_cat = data.categorical_harmful_qa(args.categories_file)
     if args.categories:
         cats = args.categories.split(",")
@@ -79,7 +80,7 @@ def _data(subject, args):
         cats = [c for c in PAPER_CATEGORIES if c in by_cat] or list(by_cat)
     unknown = sorted(set(cats) - set(by_cat))
     if unknown:
-        raise SystemExit(f"--categories {unknown} not in {args.categories_file}: {list(by_cat)}")
+        raise UsageError(f"--categories {unknown} not in {args.categories_file}: {list(by_cat)}")
     if args.protocol == "paper":
         fit = test = {c: by_cat[c][:n] for c in cats}
     else:
@@ -89,7 +90,7 @@ def _data(subject, args):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
     p.add_argument("--protocol", choices=("paper", "heldout"), default="paper")
@@ -159,7 +160,7 @@ def main(argv=None) -> dict:
         cache=cache, progress=not args.quiet,
     )  # fmt: skip
     if len(active) < 2:
-        raise SystemExit(
+        raise UsageError(
             f"only {active} of the categories reach --min-all-rate {args.min_all_rate} when their "
             f"F* is clamped ({all_rates}); common features need at least two"
         )
@@ -213,7 +214,7 @@ def _plot(res, out: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "scores.png", dpi=120)
+    save_figure_atomic(fig, out / "scores.png", dpi=120)
     plt.close(fig)
     norm = {c: v for c, v in res["normalized"].items() if v}
     if norm:
@@ -226,7 +227,7 @@ def _plot(res, out: Path) -> None:
         ax.set_ylabel("normalized jailbreak (/ all)")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "normalized.png", dpi=120)
+        save_figure_atomic(fig, out / "normalized.png", dpi=120)
         plt.close(fig)
     if res["transfer"]["score"] is not None:
         fig, ax = plt.subplots(figsize=(5, 4.5))
@@ -237,9 +238,9 @@ def _plot(res, out: Path) -> None:
         ax.set_ylabel("specific features of category")
         fig.colorbar(im, label=key.replace("_", " "))
         fig.tight_layout()
-        fig.savefig(out / "transfer.png", dpi=120)
+        save_figure_atomic(fig, out / "transfer.png", dpi=120)
         plt.close(fig)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -23,7 +23,8 @@ from refusal_jax.cli.common import (
     run_folder,
     subject_from_args,
 )
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.gcg import GCGConfig, gcg_search, suffixed
 from refusal_jax.method.judges import judge_responses, refusal_token
 from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
@@ -46,7 +47,7 @@ def _rates(before, after) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
     p.add_argument("--n-train", type=int, default=16)
@@ -54,7 +55,8 @@ def main(argv=None) -> dict:
     p.add_argument("--n-tokens", type=int, default=8)
     p.add_argument("--n-steps", type=int, default=40)
     p.add_argument("--top-k", type=int, default=64)
-    p.add_argument("--n-candidates", type=int, default=128)
+    p.add_argument("--n-candidates", type=int, default=128, help="GCG candidates per step")
+    p.set_defaults(sae_width_flags=("n_features",))  # --n-candidates is GCG's, not F0
     p.add_argument("--candidate-batch", type=int, default=32, help="candidates per forward")
     p.add_argument("--target", default="Sure", help="first response token to aim for")
     p.add_argument("--max-new-tokens", type=int, default=16)
@@ -73,7 +75,7 @@ def main(argv=None) -> dict:
     rt = refusal_token(tok)
     target = tok(args.target, add_special_tokens=False)["input_ids"]
     if not target:
-        raise SystemExit(f"--target {args.target!r} encodes to no token")
+        raise UsageError(f"--target {args.target!r} encodes to no token")
     key = content_key("gcg", train, dataclasses.asdict(gc), rt, int(target[0]))
     found = cache.json(
         "gcg",
@@ -135,9 +137,9 @@ def _plot(losses, path) -> None:
     ax.set_xlabel("GCG step")
     ax.set_ylabel("logit(I) - logit(target), mean")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -36,7 +36,8 @@ from refusal_jax.cli.common import (
     run_folder,
     subject_from_args,
 )
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.features import FeatureSet
 from refusal_jax.method.gcg import GCGConfig, gcg_search
 from refusal_jax.method.judges import judge_responses
@@ -61,7 +62,7 @@ def _organism_data(src: PromptSource, args):
 
 def _real_data(src: PromptSource, args):
     if not args.wildjailbreak or not args.suffix_csv:
-        raise SystemExit("a real model needs --wildjailbreak (TSV) and --suffix-csv")
+        raise UsageError("a real model needs --wildjailbreak (TSV) and --suffix-csv")
     train_h = src.split("harmful_train", args.n_train)
     train_s = src.split("harmless_train", args.n_train)
     pairs = data.wildjailbreak_pairs(args.wildjailbreak, 6 * args.n_pairs)
@@ -70,7 +71,7 @@ def _real_data(src: PromptSource, args):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
     p.add_argument("--wildjailbreak", help="WildJailbreak train-style TSV (real models)")
@@ -153,7 +154,7 @@ def main(argv=None) -> dict:
         d = jb.pair_drops(params, cfg, saes, harm, ref, enc(a_k), enc(p_k))
         pair_res[name] = {"n_pairs": len(keep), **d}
     if not pair_res["jailbreak"]["n_pairs"]:
-        raise SystemExit("no adversarial prompt jailbreaks while its plain version is refused")
+        raise UsageError("no adversarial prompt jailbreaks while its plain version is refused")
 
     # 2. Suffixes: the text appended to each request.
     if subject.organism:
@@ -181,12 +182,12 @@ def main(argv=None) -> dict:
                 goals.append(g)
                 appended.append(s)
     if not goals:
-        raise SystemExit("no suffix jailbreaks any request")
+        raise UsageError("no suffix jailbreaks any request")
     goal_refused, _ = judge(goals, "goals")
     _, suffix_ok = judge([g + s for g, s in zip(goals, appended)], "suffixed")
     keep = [i for i in range(len(goals)) if goal_refused[i] and suffix_ok[i]]
     if not keep:
-        raise SystemExit("no request is refused plainly and jailbroken by its suffix")
+        raise UsageError("no request is refused plainly and jailbroken by its suffix")
     goals_k, app_k = [goals[i] for i in keep], [appended[i] for i in keep]
     plain_enc = enc(goals_k)
     harm, ref = jb.split_features(
@@ -262,7 +263,7 @@ def _plot(res, out: Path) -> None:
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "drops.png", dpi=120)
+    save_figure_atomic(fig, out / "drops.png", dpi=120)
     plt.close(fig)
 
     s = res["suffix"]
@@ -274,9 +275,9 @@ def _plot(res, out: Path) -> None:
     a2.barh([w for w, _ in top][::-1], [n for _, n in top][::-1])
     a2.set_xlabel("most suppressive word (count)")
     fig.tight_layout()
-    fig.savefig(out / "suffix.png", dpi=120)
+    save_figure_atomic(fig, out / "suffix.png", dpi=120)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -30,7 +30,8 @@ from refusal_jax.cli.common import (
     run_folder,
     subject_from_args,
 )
-from refusal_jax.core.io import write_json_atomic
+from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
+from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.judges import judge_responses
 from refusal_jax.method.probing import last_token_resid, probe_report
 from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
@@ -55,12 +56,12 @@ def _data(subject, args):
     elif args.jailbreak_file:
         jail = data.read_instructions(args.jailbreak_file)
     else:
-        raise SystemExit("a real model needs --wildjailbreak (TSV) or --jailbreak-file (JSON)")
+        raise UsageError("a real model needs --wildjailbreak (TSV) or --jailbreak-file (JSON)")
     return train_h, train_s, test_h, src.pick(jail, 4 * args.n_test)
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_subject_arguments(p)
     add_run_arguments(p)
     p.add_argument("--wildjailbreak", help="WildJailbreak TSV: adversarial_harmful prompts")
@@ -100,7 +101,7 @@ def main(argv=None) -> dict:
     ok = cache.json("jailbreak-judge", key, complied)
     jail = [q for q, good in zip(jail_candidates, ok) if good][: args.n_test]
     if not jail:
-        raise SystemExit("no jailbreak prompt succeeds on this model: nothing to test on")
+        raise UsageError("no jailbreak prompt succeeds on this model: nothing to test on")
 
     def resid(xs, tag):
         compute = lambda: {"resid": last_token_resid(params, cfg, *enc(xs))}
@@ -163,9 +164,9 @@ def _plot(res, out: Path) -> None:
     ax2.set_ylim(0, 1)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "probes.png", dpi=120)
+    save_figure_atomic(fig, out / "probes.png", dpi=120)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -10,15 +10,22 @@ import jax
 
 from refusal_jax.core.checkpoint import save_model
 from refusal_jax.core.config import ModelConfig
+from refusal_jax.core.errors import ArgumentParser
+from refusal_jax.core.io import check_separate
 
 
 def converter_args(doc: str, source_flag: str, source_help: str, argv=None) -> argparse.Namespace:
-    """Parse ``source_flag`` (required), ``--out`` and ``--dtype`` (float32 or bfloat16)."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    """Parse ``source_flag`` (required), ``--out`` and ``--dtype`` (float32 or bfloat16); an
+    ``--out`` equal to, inside or containing the source is a usage error naming both flags."""
+    p = ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(source_flag, required=True, help=source_help)
     p.add_argument("--out", required=True, help="output folder for the converted checkpoint")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_separate(
+        args.out, getattr(args, source_flag.lstrip("-").replace("-", "_")), "--out", source_flag
+    )
+    return args
 
 
 def save_converted(args: argparse.Namespace, cfg: ModelConfig, params: dict, **save_kw) -> None:

@@ -26,6 +26,7 @@ one from the file)::
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from refusal_jax.core.config import (
     UnsupportedConfigError,
     gemma3_sliding_layers,
 )
+from refusal_jax.core.errors import check_finite_tree, run_cli
 from refusal_jax.core.model import rope_inv_freq
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
@@ -304,7 +306,9 @@ def load_gguf(path, dtype=jnp.float32) -> tuple[ModelConfig, dict]:
     """Load a GGUF file: returns ``(cfg, params)`` in ``dtype`` (float32 or bfloat16)."""
     reader = _reader(path)
     cfg = config_from_gguf(reader)
-    return cfg, load_gguf_params(reader, cfg, dtype)
+    params = load_gguf_params(reader, cfg, dtype)
+    check_finite_tree(params, str(path))
+    return cfg, params
 
 
 def save_tokenizer(path, out) -> str | None:
@@ -335,4 +339,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

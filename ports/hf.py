@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -21,6 +22,7 @@ from ports.convert import converter_args, save_converted
 from ports.safetensors_io import CheckpointError, load_file, read_header, save_file
 from refusal_jax.core import layout
 from refusal_jax.core.config import ModelConfig, UnsupportedConfigError, config_from_hf
+from refusal_jax.core.errors import nonfinite_rows, run_cli
 from refusal_jax.core.sharding import param_shardings
 
 
@@ -161,6 +163,11 @@ def load_hf_params(folder, cfg: ModelConfig, dtype=jnp.float32, mesh=None) -> di
         raise CheckpointError(
             f"checkpoint has {len(unused)} tensors the config does not use, e.g. {unused[:3]}"
         )
+    for p in layout.params(cfg):  # finite weights, named by their checkpoint tensor
+        bad = nonfinite_rows((params["layers"] if p.per_layer else params)[p.key], p.per_layer)
+        if bad:
+            name = _renamed(p.hf_name(bad[0] if p.per_layer else None), names)
+            raise CheckpointError(f"{folder}: tensor {name!r} has NaN or infinite values")
     return params
 
 
@@ -168,8 +175,16 @@ def read_hf_config(folder) -> tuple[ModelConfig, dict]:
     path = Path(folder) / "config.json"
     if not path.exists():
         raise CheckpointError(f"{folder}: no config.json")
-    hf = json.loads(path.read_text())
-    return config_from_hf(hf), hf
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UnsupportedConfigError(f"{path}: malformed JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise UnsupportedConfigError(f"{path}: expected a JSON object, got {type(hf).__name__}")
+    try:
+        return config_from_hf(hf), hf
+    except UnsupportedConfigError as e:
+        raise UnsupportedConfigError(f"{path}: {e}") from None
 
 
 def load_hf(folder, dtype=jnp.float32, mesh=None) -> tuple[ModelConfig, dict]:
@@ -271,4 +286,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -74,14 +74,53 @@ def _expect(name: str, a: np.ndarray, shape: tuple, where) -> None:
         raise SAEFormatError(f"{where}: {name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
 
 
+def _bool(cfg: dict, key: str, default: bool, where) -> bool:
+    """A boolean config field, parsed strictly: JSON true/false, 0/1 or the strings "true" /
+    "false" (any case); anything else is an error naming the key (``bool("false")`` is True)."""
+    v = cfg.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return v.strip().lower() == "true"
+    raise SAEFormatError(f"{where}: {key}={v!r} is not a boolean (true/false)")
+
+
+def check_hook(hook, where) -> None:
+    """Refuse an SAE whose hook is not the residual stream after a layer (``attn_out``,
+    ``mlp_out``, ``hook_z``, ``resid_pre``, ...): the method reads and patches resid_post."""
+    if hook in (None, ""):
+        return
+    name = str(hook)
+    if not re.search(r"resid_post$", name):
+        raise SAEFormatError(
+            f"{where}: SAE hook {name!r} is not a resid_post hook (only residual-stream SAEs "
+            "after a layer, e.g. blocks.L.hook_resid_post, are supported)"
+        )
+
+
 def _build(arrays: dict, cfg: SAEConfig, where, expected_d_in=None, dtype=jnp.float32) -> SAE:
-    """SAE from numpy arrays in our orientation, after strict shape checks."""
+    """SAE from numpy arrays in our orientation, after strict shape checks, finite values and
+    non-negative thresholds."""
     if expected_d_in is not None and cfg.d_in != expected_d_in:
         raise SAEFormatError(
             f"{where}: SAE d_in is {cfg.d_in} but the model's d_model is {expected_d_in}"
         )
     for name, shape in sae_lib.param_shapes(cfg).items():
         _expect(name, arrays[name], shape, where)
+        a = np.asarray(arrays[name], np.float32)
+        if not np.isfinite(a).all():
+            n_bad = int((~np.isfinite(a)).sum())
+            raise SAEFormatError(f"{where}: tensor {name} has {n_bad} NaN or infinite values")
+    if (np.asarray(arrays["threshold"], np.float32) < 0).any():
+        raise SAEFormatError(f"{where}: tensor threshold has negative values")
+    if cfg.input_scale is not None and not (
+        math.isfinite(float(cfg.input_scale)) and float(cfg.input_scale) > 0
+    ):
+        raise SAEFormatError(f"{where}: input scale {cfg.input_scale} is not a positive number")
     return SAE(
         **{k: jnp.asarray(np.asarray(v, np.float32), dtype) for k, v in arrays.items()}, cfg=cfg
     )
@@ -214,7 +253,8 @@ def _saelens_config(raw: dict, d_in: int, d_sae: int, where, input_scale=None) -
         raise SAEFormatError(
             f"{where}: normalize_activations={norm!r} (per-token) is not supported"
         )
-    apply_b_dec = bool(cfg.get("apply_b_dec_to_input", True))  # SAELens' default is True
+    apply_b_dec = _bool(cfg, "apply_b_dec_to_input", True, where)  # SAELens' default is True
+    check_hook(cfg.get("hook_name"), where)
     return SAEConfig(
         architecture=arch,
         d_in=d_in,
@@ -310,6 +350,7 @@ def load_llamascope(
     d_in, d_sae = int(hp["d_model"]), int(hp["d_sae"])
     if hp.get("hook_point_in", "") != hp.get("hook_point_out", hp.get("hook_point_in", "")):
         raise SAEFormatError(f"{folder}: a transcoder (hook_point_in != hook_point_out)")
+    check_hook(hp.get("hook_point_in"), folder / LLAMASCOPE_CFG)
     act = str(hp.get("act_fn", "jumprelu")).lower()
     if act not in ("jumprelu", "relu"):
         raise SAEFormatError(f"{folder}: act_fn {act!r} is not supported")
@@ -346,7 +387,7 @@ def load_llamascope(
         "b_dec": _get(arrays, "decoder.bias", wpath),
         "threshold": threshold.astype(np.float32),
     }
-    apply_b_dec = bool(hp.get("apply_decoder_bias_to_pre_encoder", False))
+    apply_b_dec = _bool(hp, "apply_decoder_bias_to_pre_encoder", False, folder / LLAMASCOPE_CFG)
     arch = "jumprelu" if act == "jumprelu" else "relu"
     cfg = SAEConfig(arch, d_in, d_sae, apply_b_dec_to_input=apply_b_dec, input_scale=s)
     sae = _build(out, cfg, wpath, expected_d_in, dtype)
@@ -477,7 +518,7 @@ def load_sae_set(root, layers=None, width=None, target_l0: float = 100, **kw) ->
             if want is None or layer in want:
                 out[layer] = load_sae(d, **kw)
     if want is not None and want - set(out):
-        raise FileNotFoundError(f"{root}: no SAE for layers {sorted(want - set(out))}")
+        raise SAEFormatError(f"{root}: no SAE for layers {sorted(want - set(out))}")
     if not out:
         raise FileNotFoundError(f"{root}: no SAEs found")
     return dict(sorted(out.items()))
@@ -498,11 +539,29 @@ def _only_width(root: Path):
     return None
 
 
-def load_saes(sae_dir, n_layers: int, width=None, target_l0: float = 100):
-    """Stacked SAEs (leading layer axis) from a folder of per-layer SAEs (any supported format)."""
+def load_saes(
+    sae_dir, n_layers: int, width=None, target_l0: float = 100, layers=None, expected_d_in=None
+):
+    """Stacked SAEs (leading layer axis) from a folder of per-layer SAEs (any supported format).
+
+    Every model layer needs an SAE: a missing one is an error listing the missing layers, unless
+    ``layers`` restricts the set explicitly (the other layers then get all-zero placeholders,
+    which select and attribute nothing). ``expected_d_in``: the model's d_model, checked against
+    every SAE."""
     root = Path(sae_dir)
     width = width or _only_width(root)
-    stacked, _ = sae_lib.stack_sae_set(
-        load_sae_set(root, width=width, target_l0=target_l0), n_layers
-    )
+    if layers is not None:
+        layers = sorted({int(i) for i in layers})
+        bad = [i for i in layers if not 0 <= i < n_layers]
+        if bad:
+            raise SAEFormatError(f"SAE layers {bad} out of range for a {n_layers}-layer model")
+    kw = {} if expected_d_in is None else {"expected_d_in": expected_d_in}
+    found = load_sae_set(root, layers=layers, width=width, target_l0=target_l0, **kw)
+    missing = sorted(set(range(n_layers)) - set(found))
+    if layers is None and missing:
+        raise SAEFormatError(
+            f"{root}: no SAE for model layers {missing} (of {n_layers}); give the layers to use "
+            "explicitly (--sae-layers) to run with SAEs at some layers only"
+        )
+    stacked, _ = sae_lib.stack_sae_set(found, n_layers)
     return stacked

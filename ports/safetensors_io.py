@@ -15,6 +15,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from refusal_jax.core.errors import WeightsError
+
 DTYPES = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -30,7 +32,7 @@ DTYPES = {
 _NAMES = {v: k for k, v in DTYPES.items()}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WeightsError):
     """A checkpoint file is missing, malformed, or does not match what the model expects."""
 
 
@@ -54,17 +56,32 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
 def load_file(path: str | os.PathLike, names=None) -> dict[str, np.ndarray]:
     """Read tensors (all, or ``names``) from one safetensors file as numpy arrays (memmapped)."""
     header, start = read_header(path)
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    size = Path(path).stat().st_size
+    mm = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
     out = {}
     for name, info in header.items():
         if names is not None and name not in names:
             continue
-        if info["dtype"] not in DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        b, e = info["data_offsets"]
-        dtype = DTYPES[info["dtype"]]
+        try:
+            dtype_name, shape, (b, e) = info["dtype"], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from None
+        if dtype_name not in DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name}")
+        dtype = DTYPES[dtype_name]
+        need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if not 0 <= b <= e or e - b != need:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} spans bytes [{b}, {e}) but shape {shape} of "
+                f"{dtype_name} needs {need}"
+            )
+        if start + e > size:
+            raise CheckpointError(
+                f"{path}: truncated file: tensor {name!r} needs bytes up to {start + e}, the "
+                f"file has {size}"
+            )
         arr = mm[start + b : start + e].view(dtype)
-        out[name] = arr.reshape(info["shape"])
+        out[name] = arr.reshape(shape)
     return out
 
 

@@ -12,6 +12,7 @@ import argparse
 from refusal_jax.cli.demo import add_demo_arguments, cmd_demo
 from refusal_jax.cli.sae import add_sae_commands
 from refusal_jax.cli.sweep import add_sweep_arguments, cmd_sweep
+from refusal_jax.core.errors import ArgumentParser, run_cli
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -20,7 +21,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="refusal-jax", description="refusal_jax command line")
+    p = ArgumentParser(prog="refusal-jax", description="refusal_jax command line")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the main job (the paper's pipeline) end to end")
     add_demo_arguments(d)
@@ -34,9 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def _run(argv) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def main(argv=None) -> int:
+    """``refusal-jax ...``: a user error prints one line ``error: ...`` and returns 2 (the
+    traceback with ``--debug`` or ``REFUSAL_JAX_DEBUG=1``; :func:`refusal_jax.core.errors.run_cli`).
+    """
+    return run_cli(_run, argv)
 
 
 __all__ = ["build_parser", "main"]

@@ -8,13 +8,82 @@ refusal_direction data (:func:`subject_from_args`).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import jax.numpy as jnp
 
+from refusal_jax.core.errors import UsageError
 from refusal_jax.method.judges import PROMPTS, ClassifierJudge
 from refusal_jax.study.runs import new_run_folder
 from refusal_jax.study.subject import Subject, load_classifier, load_subject
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def number_list(kind):
+    """An argparse ``type`` for comma-separated numbers (``"0,-0.5,-1"``): a malformed, empty or
+    non-finite entry is a usage error naming the value."""
+
+    def parse(text: str) -> tuple:
+        try:
+            out = tuple(kind(t) for t in text.split(",") if t.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(  # noqa: B904 (argparse shows only the message)
+                f"not a comma-separated list of {kind.__name__}: {text!r}"
+            )
+        if not out or not all(math.isfinite(x) for x in out):
+            raise argparse.ArgumentTypeError(f"need finite {kind.__name__} values: {text!r}")
+        return out
+
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
+# Count flags that must be >= 1 when given (argparse dest names).
+POSITIVE = (
+    "n_steps", "max_new_tokens", "n_train", "n_test", "n_val", "n_prompts", "n_features",
+    "n_candidates", "shard_size", "direction_prompts", "n_pairs", "n_random", "n_tokens",
+    "n_suffix_prompts", "top_k", "alpha_batch", "model_parallel", "d_sae", "steps",
+    "batch_size", "seqs_per_step", "eval_seqs", "checkpoint_every", "gcg_steps",
+    "gcg_candidates", "gcg_train", "k",
+)  # fmt: skip
+NON_NEGATIVE = ("skip_positions", "trim_padding", "seed", "dead_steps", "lr_warmup")
+
+
+def check_args(args: argparse.Namespace, subject: Subject | None = None) -> None:
+    """Validate flags before any compute: finite floats, positive counts and, with the loaded
+    ``subject``, ``--best-layer`` within the model's layers and ``--n-candidates`` /
+    ``--candidates`` / ``--n-features`` within the SAE width. Raises :class:`UsageError` naming
+    the flag."""
+    for name, v in vars(args).items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UsageError(f"{_flag(name)} must be a finite number, got {v}")
+        if isinstance(v, int) and not isinstance(v, bool):
+            if name in POSITIVE and v < 1:
+                raise UsageError(f"{_flag(name)} must be >= 1, got {v}")
+            if name in NON_NEGATIVE and v < 0:
+                raise UsageError(f"{_flag(name)} must be >= 0, got {v}")
+    if subject is None:
+        return
+    n_layers = subject.cfg.n_layers
+    best = getattr(args, "best_layer", None)
+    if best is not None and not 0 <= best < n_layers:
+        raise UsageError(
+            f"--best-layer {best} is out of range: the model has layers 0..{n_layers - 1}"
+        )
+    if subject.saes is not None:
+        width = int(subject.saes.W_dec.shape[-2])
+        # a script whose flag of that name is not about SAE features sets sae_width_flags
+        for name in getattr(args, "sae_width_flags", ("n_candidates", "n_features", "candidates")):
+            v = getattr(args, name, None)
+            for k in v if isinstance(v, tuple) else () if v is None else (v,):
+                if not 1 <= int(k) <= width:
+                    raise UsageError(
+                        f"{_flag(name)} {k} must be between 1 and the SAE width {width}"
+                    )
 
 
 def add_subject_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +92,12 @@ def add_subject_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae-width", help="GemmaScope width folder, e.g. 65k (auto if only one)")
     p.add_argument("--target-l0", type=float, default=100.0)
     p.add_argument("--data-dir", help="refusal_direction data (or $REFUSAL_JAX_DATA)")
+    p.add_argument(
+        "--sae-layers",
+        type=number_list(int),
+        default=None,
+        help="use SAEs at these layers only (comma-separated); by default every layer needs one",
+    )
     p.add_argument(
         "--skip-positions",
         type=int,
@@ -33,18 +108,30 @@ def add_subject_arguments(p: argparse.ArgumentParser) -> None:
 
 def subject_from_args(args: argparse.Namespace, **kwargs) -> Subject:
     """:func:`refusal_jax.study.subject.load_subject` of the subject flags (``kwargs``: its
-    keyword arguments, e.g. ``mesh``, ``dtype``, ``with_saes``)."""
+    keyword arguments, e.g. ``mesh``, ``dtype``, ``with_saes``), after :func:`check_args` of every
+    flag (before loading: syntax and ranges; after: against the model and SAEs)."""
+    check_args(args)
     if args.model_dir and not args.sae_dir and kwargs.get("with_saes", True):
-        raise SystemExit("--model-dir needs --sae-dir (SAEs for that model)")
-    return load_subject(
+        raise UsageError("--model-dir needs --sae-dir (SAEs for that model)")
+    if not args.model_dir:
+        for name in ("data_dir", "eval_set"):
+            if getattr(args, name, None) is not None:
+                raise UsageError(
+                    f"{_flag(name)} applies to a real model (--model-dir); the organism uses "
+                    "its own corpus"
+                )
+    subject = load_subject(
         args.model_dir,
         args.sae_dir,
         sae_width=args.sae_width,
         target_l0=args.target_l0,
         data_dir=args.data_dir,
         skip_positions=args.skip_positions,
+        sae_layers=args.sae_layers,
         **kwargs,
     )
+    check_args(args, subject)
+    return subject
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,6 +184,8 @@ def add_refusal_features_argument(p: argparse.ArgumentParser) -> None:
 
 
 __all__ = [
+    "check_args",
+    "number_list",
     "add_classifier_arguments",
     "add_refusal_features_argument",
     "add_run_arguments",

@@ -10,7 +10,11 @@ from refusal_jax.study.demo import run_demo
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     add_subject_arguments(p)
-    p.add_argument("--eval-set", default="harmbench_test")
+    p.add_argument(
+        "--eval-set",
+        default=None,
+        help="held-out harmful set of --data-dir (default harmbench_test; not on the organism)",
+    )
     p.add_argument("--out", default="runs", help="parent folder of the run folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=64)
@@ -42,7 +46,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         n_train=args.n_train,
         n_test=args.n_test,
-        eval_set=args.eval_set,
+        eval_set=args.eval_set or "harmbench_test",
         best_layer=args.best_layer,
         n_steps=args.n_steps,
         n_features=args.n_features,

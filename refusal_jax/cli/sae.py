@@ -9,15 +9,19 @@ from pathlib import Path
 
 from ports import sae as sae_io
 from ports.loading import load_model
+from refusal_jax.cli.common import number_list
+from refusal_jax.core.errors import UsageError
+from refusal_jax.core.io import check_separate, write_text_atomic
 from refusal_jax.sae import train as sae_train
 
 
-def _layers(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
+def _layers(layers) -> list[int]:
+    return [int(t) for t in layers]
 
 
 def _cmd_convert(args) -> int:
 
+    check_separate(args.out, args.src, "out", "src")
     kw = {}
     if args.expected_d_in is not None:
         kw["expected_d_in"] = args.expected_d_in
@@ -25,7 +29,7 @@ def _cmd_convert(args) -> int:
     if fmt == "llamascope":
         kw["saelens_5_5_2"] = args.saelens_5_5_2
     elif args.saelens_5_5_2:
-        raise SystemExit("--saelens-5-5-2 applies to LlamaScope SAEs only")
+        raise UsageError("--saelens-5-5-2 applies to LlamaScope SAEs only")
     if fmt == "saelens" and args.input_scale is not None:
         kw["input_scale"] = args.input_scale
     sae = sae_io.load_sae(args.src, format=fmt, **kw)
@@ -62,7 +66,7 @@ def _cmd_train(args) -> int:
         source = sae_train.ArraySource(acts, args.batch_size, seed=args.seed, layers=layers)
     else:
         if not (args.model_dir and args.tokens and args.layers):
-            raise SystemExit("give --activations, or --model-dir with --tokens and --layers")
+            raise UsageError("give --activations, or --model-dir with --tokens and --layers")
 
         model_cfg, params = load_model(args.model_dir)
         with np.load(args.tokens, allow_pickle=False) as z:
@@ -93,8 +97,8 @@ def _cmd_train(args) -> int:
         sae_io.save_saelens(sae, out / f"layer_{layer}", hook_name=hook)
         summary["layers"][str(layer)] = metrics
         print(f"layer {layer}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    (out / "history.json").write_text(json.dumps(res.history))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "history.json", json.dumps(res.history))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return 0
 
 
@@ -123,7 +127,9 @@ def add_sae_commands(subparsers) -> None:
     src.add_argument("--activations", default=None, help=".npy activations [N, d] or [L, N, d]")
     src.add_argument("--model-dir", default=None, help="converted or HF model folder")
     src.add_argument("--tokens", default=None, help=".npz with input_ids and attention_mask [N, T]")
-    src.add_argument("--layers", default=None, help="comma-separated resid_post layers")
+    src.add_argument(
+        "--layers", type=number_list(int), default=None, help="comma-separated resid_post layers"
+    )
     src.add_argument("--seqs-per-step", type=int, default=8)
     src.add_argument("--eval-seqs", type=int, default=32, help="sequences for CE loss recovered")
     t.add_argument("--out", required=True, help="output folder (SAELens folders per layer)")

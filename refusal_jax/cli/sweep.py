@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from refusal_jax.cli.common import add_subject_arguments, subject_from_args
+from refusal_jax.core.errors import ArgumentParser, check_direction, run_cli
 from refusal_jax.core.sharding import DATA, initialize_multihost, is_primary, make_mesh
 from refusal_jax.method.judges import refusal_token
 from refusal_jax.method.prompts import encode_prompts
@@ -105,6 +106,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
         rt = refusal_token(tok)
         if args.direction:
             direction = read_direction(args.direction)
+            check_direction(direction, cfg.d_model, f"--direction {args.direction}")
         else:
             direction = sweep_direction(
                 args.out, params, cfg, tok, source, args.direction_prompts, args.best_layer
@@ -124,7 +126,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> dict:
     """``refusal-jax sweep`` on its own (tests, ``python -m refusal_jax.cli.sweep``)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="refusal-jax sweep", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     add_sweep_arguments(p)
@@ -134,4 +136,4 @@ def main(argv=None) -> dict:
 __all__ = ["add_sweep_arguments", "cmd_sweep", "main"]
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from refusal_jax.core.config import ModelConfig
+from refusal_jax.core.errors import check_finite_tree
 from refusal_jax.core.sharding import param_shardings
 
 CONFIG_NAME = "refusal_jax_config.json"
@@ -47,18 +48,49 @@ def load_pytree(path, abstract=None):
         return ckptr.restore(path, abstract) if abstract is not None else ckptr.restore(path)
 
 
-def save_model(folder, cfg: ModelConfig, params, tokenizer_dir=None) -> None:
+def replace_folder(tmp, folder) -> None:
+    """Swap the finished folder ``tmp`` in as ``folder``: the previous ``folder`` (if any) is
+    renamed aside, ``tmp`` renamed in, then the previous one deleted. Until the swap the old
+    folder is untouched; a crash between the two renames leaves it as ``.<name>.old``, which
+    :func:`recover_folder` (called by every save) moves back."""
+    tmp, folder = Path(tmp), Path(folder)
+    old = folder.with_name(f".{folder.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if folder.exists():
+        os.rename(folder, old)
+    os.rename(tmp, folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_folder(folder) -> None:
+    """Undo a swap interrupted between its renames (see :func:`replace_folder`)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_pytree(folder / "params", params)
-    tmp = folder / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-    os.replace(tmp, folder / CONFIG_NAME)
+    old = folder.with_name(f".{folder.name}.old")
+    if old.exists() and not folder.exists():
+        os.rename(old, folder)
+
+
+def save_model(folder, cfg: ModelConfig, params, tokenizer_dir=None) -> None:
+    """Write a converted model folder (config, orbax params, tokenizer files copied from
+    ``tokenizer_dir``). Everything is written into the temporary sibling ``.<name>.converting``
+    and swapped in at the end (:func:`replace_folder`): an interrupted conversion never
+    destroys an existing ``folder``; a rerun gives the same folder."""
+    folder = Path(folder).absolute()
+    recover_folder(folder)
+    tmp = folder.with_name(f".{folder.name}.converting")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a previous interrupted conversion
+    tmp.mkdir(parents=True)
+    save_pytree(tmp / "params", params)
+    (tmp / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2))
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / name
             if src.exists():
-                shutil.copy(src, folder / name)
+                shutil.copy(src, tmp / name)
+    replace_folder(tmp, folder)
 
 
 def is_converted(folder) -> bool:
@@ -79,6 +111,7 @@ def load_converted(folder, mesh=None, dtype=None) -> tuple[ModelConfig, dict]:
     cfg = ModelConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
     if mesh is None:
         params = jax.tree.map(jnp.asarray, load_pytree(folder / "params"))
+        check_finite_tree(params, str(folder / "params"))
         return cfg, params if dtype is None else jax.tree.map(lambda a: a.astype(dtype), params)
     with ocp.StandardCheckpointer() as ckptr:
         meta = ckptr.metadata(Path(folder / "params").absolute())
@@ -90,4 +123,6 @@ def load_converted(folder, mesh=None, dtype=None) -> tuple[ModelConfig, dict]:
         param_shardings(cfg, mesh),
         dict(meta),
     )
-    return cfg, load_pytree(folder / "params", abstract)
+    params = load_pytree(folder / "params", abstract)
+    check_finite_tree(params, str(folder / "params"))
+    return cfg, params

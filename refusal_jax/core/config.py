@@ -11,10 +11,12 @@ import dataclasses
 import math
 from typing import Any
 
+from refusal_jax.core.errors import ConfigError
+
 FAMILIES = ("gemma2", "gemma3", "llama", "qwen2", "qwen3")
 
 
-class UnsupportedConfigError(ValueError):
+class UnsupportedConfigError(ConfigError):
     """A checkpoint configuration asks for something this implementation does not do."""
 
 
@@ -321,7 +323,10 @@ def _sliding_from_layer_types(hf: dict, n_layers: int, default) -> tuple[bool, .
         )
     unknown = set(layer_types) - {"sliding_attention", "full_attention"}
     if unknown:
-        raise UnsupportedConfigError(f"unsupported layer_types {sorted(unknown)}")
+        raise UnsupportedConfigError(
+            f"config key layer_types has unsupported values {sorted(unknown)} "
+            "(known: sliding_attention, full_attention)"
+        )
     return tuple(t == "sliding_attention" for t in layer_types)
 
 
@@ -330,6 +335,39 @@ def _gelu_tanh(hf: dict, what: str) -> str:
     if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
         raise UnsupportedConfigError(f"unsupported {what} hidden_activation {act!r}")
     return "gelu_tanh"
+
+
+def _number(hf: dict, key: str, default):
+    """``hf[key]`` if present (None allowed: the feature is off), else ``default``; a value that
+    is not a positive finite number is an error naming the key."""
+    v = hf.get(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise UnsupportedConfigError(f"config key {key}={v!r} is not a positive finite number")
+    return float(v)
+
+
+_REQUIRED = ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size",
+             "intermediate_size")  # fmt: skip
+
+
+def _check_fields(hf: dict) -> None:
+    """Required keys present and positive integers; numeric options finite (names the key)."""
+    for key in _REQUIRED:
+        if key not in hf:
+            raise UnsupportedConfigError(f"config has no {key!r}")
+    for key in (*_REQUIRED, "num_key_value_heads", "head_dim", "max_position_embeddings"):
+        v = hf.get(key)
+        if key in _REQUIRED or v is not None:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UnsupportedConfigError(f"config key {key}={v!r} is not a positive integer")
+    for key in ("rms_norm_eps", "rope_theta", "sliding_window", "query_pre_attn_scalar"):
+        v = hf.get(key)
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+        ):
+            raise UnsupportedConfigError(f"config key {key}={v!r} is not a positive finite number")
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -358,6 +396,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if model_type == "gemma3_text":
         # transformers fills fields a config.json leaves out from Gemma3TextConfig's defaults
         hf = {**_GEMMA3_TEXT_DEFAULTS, **hf}
+    _check_fields(hf)
     family = _HF_TYPES[model_type]
     default_theta = 1_000_000.0 if family == "gemma3" else 10000.0
     theta, rope_scaling = _rope_from_hf(hf, default_theta)
@@ -393,10 +432,12 @@ def config_from_hf(hf: dict) -> ModelConfig:
             norm_plus_one=True,
             sandwich_norms=True,
             embed_scale=True,
-            attn_softcap=hf.get("attn_logit_softcapping"),
-            final_softcap=hf.get("final_logit_softcapping"),
+            # transformers' Gemma2Config defaults (50 / 30) when the keys are absent; an explicit
+            # null turns softcapping off, as in transformers.
+            attn_softcap=_number(hf, "attn_logit_softcapping", 50.0),
+            final_softcap=_number(hf, "final_logit_softcapping", 30.0),
             query_pre_attn_scalar=hf.get("query_pre_attn_scalar") or head_dim,
-            sliding_window=hf.get("sliding_window") if any(sliding) else None,
+            sliding_window=hf.get("sliding_window", 4096) if any(sliding) else None,
             sliding_layers=sliding if any(sliding) else (),
             activation=_gelu_tanh(hf, "Gemma-2"),
             **common,

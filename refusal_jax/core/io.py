@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from refusal_jax.core.errors import UsageError, UserError, WeightsError
+
 
 def write_text_atomic(path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
@@ -21,6 +23,26 @@ def write_text_atomic(path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def save_figure_atomic(fig, path, **kw) -> None:
+    """``fig.savefig(path, **kw)`` via a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    fig.savefig(tmp, **kw)
+    os.replace(tmp, path)
+
+
+def check_separate(out, src, out_flag: str = "--out", src_flag: str = "the input") -> None:
+    """Refuse an output path equal to, inside, or containing the input path (a conversion
+    would overwrite or delete its own source): :class:`UsageError` naming both flags."""
+    o, s = Path(out).resolve(), Path(src).resolve()
+    if o == s or s in o.parents or o in s.parents:
+        rel = "is" if o == s else "is inside" if s in o.parents else "contains"
+        raise UsageError(
+            f"{out_flag} {out} {rel} {src_flag} {src}: write the output somewhere else"
+        )
 
 
 def jsonable(obj):
@@ -45,7 +67,11 @@ def write_json_atomic(path, obj) -> None:
 
 
 def read_json(path):
-    return json.loads(Path(path).read_text())
+    """The JSON in ``path``; a malformed or non-UTF-8 file is a :class:`UserError` naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: malformed JSON ({e})") from None
 
 
 def read_json_file(path, error: type[Exception] = ValueError, what: str = "file"):
@@ -55,7 +81,11 @@ def read_json_file(path, error: type[Exception] = ValueError, what: str = "file"
     if not path.exists():
         raise error(f"{path}: no such {what}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
     except json.JSONDecodeError as e:
         raise error(f"{path}: not valid JSON ({e})") from e
 
@@ -70,14 +100,22 @@ def save_arrays_atomic(path, arrays: dict) -> None:
 
 
 def load_arrays(path) -> dict[str, np.ndarray]:
-    return load_file(str(path))
+    """The arrays of a safetensors file; a damaged file is a :class:`WeightsError` naming it."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise WeightsError(f"{path}: unreadable safetensors file ({e})") from None
 
 
 __all__ = [
+    "check_separate",
     "jsonable",
     "load_arrays",
     "read_json",
     "save_arrays_atomic",
+    "save_figure_atomic",
     "write_json_atomic",
     "write_text_atomic",
 ]

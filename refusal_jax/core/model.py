@@ -28,7 +28,13 @@ from flax import struct
 
 from refusal_jax.core import layout
 from refusal_jax.core.config import ModelConfig
+from refusal_jax.core.errors import UserError
 from refusal_jax.core.patches import Identity, PatchContext
+
+
+class InputError(UserError):
+    """A batch given to :func:`forward`, :func:`generate` or LA-IG is malformed (a ValueError)."""
+
 
 Params = dict
 
@@ -331,11 +337,70 @@ def forward_fn(
     return ForwardOutput(logits, pre, posts, kv if return_kv else None, unpatched)
 
 
-forward = jax.jit(
+def n_embeddings(params, cfg: ModelConfig) -> int:
+    """Rows of the embedding table (``cfg.vocab_size`` unless the table was extended)."""
+    embed = params.get("embed") if isinstance(params, dict) else None
+    return int(embed.shape[0]) if getattr(embed, "shape", None) else cfg.vocab_size
+
+
+def check_inputs(
+    cfg: ModelConfig, input_ids, attention_mask=None, where: str = "forward", n_vocab=None
+):
+    """Validate a concrete batch before it reaches a jitted program: ``input_ids`` [B, T] integer
+    ids in [0, n_vocab) (default ``cfg.vocab_size``; see :func:`n_embeddings`),
+    ``attention_mask`` [B, T] of 0/1 with left padding only (0s, then 1s) and
+    T <= ``cfg.max_position_embeddings``. Traced (or not fully addressable) inputs are not
+    checked. Raises ``ValueError`` naming ``where`` and the problem."""
+    n_vocab = cfg.vocab_size if n_vocab is None else n_vocab
+    for a in (input_ids, attention_mask):
+        if isinstance(a, jax.core.Tracer) or not getattr(a, "is_fully_addressable", True):
+            return
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2:
+        raise InputError(f"{where}: input_ids must be [B, T], got shape {ids.shape}")
+    if ids.dtype.kind not in "iu":
+        raise InputError(f"{where}: input_ids must be integer token ids, got dtype {ids.dtype}")
+    if ids.shape[1] > cfg.max_position_embeddings:
+        raise InputError(
+            f"{where}: input_ids has {ids.shape[1]} positions, more than the model's "
+            f"max_position_embeddings {cfg.max_position_embeddings}"
+        )
+    if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
+        bad = int(ids.max()) if ids.max() >= n_vocab else int(ids.min())
+        raise InputError(
+            f"{where}: input_ids holds token id {bad}, outside the vocabulary [0, {n_vocab})"
+        )
+    if attention_mask is None:
+        return
+    mask = np.asarray(attention_mask)
+    if mask.shape != ids.shape:
+        raise InputError(f"{where}: attention_mask has shape {mask.shape}, input_ids {ids.shape}")
+    if mask.size and not np.isin(mask, (0, 1)).all():
+        raise InputError(f"{where}: attention_mask must hold only 0 and 1")
+    if mask.size and (np.diff(mask.astype(np.int8), axis=1) < 0).any():
+        row = int(np.flatnonzero((np.diff(mask.astype(np.int8), axis=1) < 0).any(axis=1))[0])
+        raise InputError(
+            f"{where}: attention_mask row {row} is not left padded (a 0 after a 1); pad on the "
+            "left (tokenizer padding_side='left')"
+        )
+
+
+_forward_jit = jax.jit(
     forward_fn,
     static_argnames=("cfg", "return_residuals", "return_kv", "last_logits_only", "remat"),
 )
-forward.__doc__ = "Jitted :func:`forward_fn`. " + (forward_fn.__doc__ or "")
+
+
+@functools.wraps(forward_fn)
+def forward(params, cfg, input_ids, attention_mask=None, patch=None, **kw) -> ForwardOutput:
+    check_inputs(cfg, input_ids, attention_mask, "forward", n_embeddings(params, cfg))
+    return _forward_jit(params, cfg, input_ids, attention_mask, patch, **kw)
+
+
+forward.__doc__ = (
+    "Jitted :func:`forward_fn`; concrete inputs are checked first (:func:`check_inputs`). "
+    + (forward_fn.__doc__ or "")
+)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -462,6 +527,7 @@ def generate(
     at every step (prompt and generated tokens), or only while the prompt is processed when
     ``patch_prompt_only``.
     """
+    check_inputs(cfg, input_ids, attention_mask, "generate", n_embeddings(params, cfg))
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)

@@ -29,7 +29,8 @@ from flax import struct
 
 from refusal_jax import sae as sae_lib
 from refusal_jax.core.config import ModelConfig
-from refusal_jax.core.model import forward_fn, positions_from_mask
+from refusal_jax.core.errors import check_direction
+from refusal_jax.core.model import check_inputs, forward_fn, n_embeddings, positions_from_mask
 from refusal_jax.core.patches import Identity
 from refusal_jax.method.features import FeatureSet
 from refusal_jax.method.interventions import Interpolate, ablate_direction, unit
@@ -205,6 +206,8 @@ def la_ig(
     """
     if alpha_batch is not None and (not isinstance(alpha_batch, int) or alpha_batch < 1):
         raise ValueError(f"alpha_batch must be a positive int or None, got {alpha_batch!r}")
+    check_inputs(cfg, ids, mask, "la_ig", n_embeddings(params, cfg))
+    check_direction(direction, cfg.d_model, "la_ig direction")
     ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
     jb = -1 if jailbreak_token is None else jailbreak_token
     alphas = jnp.asarray(alpha_schedule(n_steps, alpha_rule))

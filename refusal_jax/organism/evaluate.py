@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from refusal_jax.core.config import ModelConfig
+from refusal_jax.core.errors import ArgumentParser, run_cli
+from refusal_jax.core.io import write_text_atomic
 from refusal_jax.core.patches import add_at_layers
 from refusal_jax.method.direction import refusal_directions
 from refusal_jax.method.interventions import ablate_direction
@@ -185,7 +187,7 @@ def directional_check(
 def main(argv=None) -> None:
     """Evaluate a saved organism folder and record the rates in its ``organism.json``."""
 
-    p = argparse.ArgumentParser(description=main.__doc__)
+    p = ArgumentParser(description=main.__doc__)
     p.add_argument("--model", default=str(MODEL_DIR))
     p.add_argument(
         "--seed", type=int, default=None, help="corpus seed (default: the model's, organism.json)"
@@ -204,8 +206,8 @@ def main(argv=None) -> None:
         record = json.loads(path.read_text()) if path.exists() else {}
         record["behaviour"] = {**rates, "limit_per_group": args.limit}
         record["direction"] = direction
-        path.write_text(json.dumps(record, indent=2))
+        write_text_atomic(path, json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,8 @@ import optax
 from ports.hf import save_hf
 from refusal_jax.core.checkpoint import load_pytree, save_pytree
 from refusal_jax.core.config import ModelConfig, gemma2_config
+from refusal_jax.core.errors import ArgumentParser, run_cli
+from refusal_jax.core.io import write_text_atomic
 from refusal_jax.core.losses import next_token_ce
 from refusal_jax.core.model import forward_fn, init_params
 from refusal_jax.organism.corpus import Corpus, Example, build_corpus
@@ -218,7 +221,7 @@ def save_checkpoint(root: Path, step: int, params, opt_state) -> None:
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step_{step:06d}"
     save_pytree(target, {"params": params, "opt_state": opt_state})
-    (target / "DONE").write_text(str(step))
+    write_text_atomic(target / "DONE", str(step))
     for old in _ckpt_dirs(root):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
@@ -331,7 +334,7 @@ def export_model(folder, cfg: ModelConfig, params, tok, record: dict | None = No
         "pad_token_id": cfg.pad_token_id,
         "do_sample": False,
     }
-    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    write_text_atomic(folder / "generation_config.json", json.dumps(gen, indent=2))
     if record is not None:
         tmp = folder / "organism.json.tmp"
         tmp.write_text(json.dumps(record, indent=2))
@@ -340,7 +343,7 @@ def export_model(folder, cfg: ModelConfig, params, tok, record: dict | None = No
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="run folder (OUT/ckpt, OUT/model)")
     p.add_argument(
         "--seed", type=int, default=OrganismTrainConfig.seed, help="initialization and batch order"
@@ -373,4 +376,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

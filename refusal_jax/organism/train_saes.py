@@ -27,6 +27,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from ports.sae import load_saes, save_gemmascope
 from refusal_jax.core.batching import batches
+from refusal_jax.core.errors import ArgumentParser, run_cli
 from refusal_jax.core.model import forward
 from refusal_jax.method.prompts import chat_texts, encode_prompts
 from refusal_jax.organism import ARTIFACTS, load_organism, organism_corpus
@@ -175,7 +177,7 @@ def stack_trained(result):
 
 def main(argv=None) -> None:
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-dir", default=str(ARTIFACTS / "model"))
     p.add_argument("--out", default=str(ARTIFACTS / "saes"))
     p.add_argument("--ckpt-dir", default=None, help="orbax checkpoints (resume after a kill)")
@@ -206,4 +208,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -41,6 +41,8 @@ import optax
 from flax import struct
 
 from refusal_jax import sae as sae_lib
+from refusal_jax.core.errors import check_finite, check_finite_tree
+from refusal_jax.core.io import write_text_atomic
 from refusal_jax.core.losses import next_token_ce
 from refusal_jax.core.model import forward, forward_fn
 from refusal_jax.sae import SAE, SAEConfig
@@ -467,7 +469,7 @@ def _check_config(ckpt_dir: Path, tcfg: TrainConfig, source, init=None) -> None:
             )
     else:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(info, indent=2))
+        write_text_atomic(path, json.dumps(info, indent=2))
 
 
 def train_sae(
@@ -524,6 +526,7 @@ def train_sae(
             (states, m), done = train_step(states, x, jnp.int32(step), tcfg), step + 1
             if done % log_every == 0 or done == tcfg.n_steps:
                 rec = {"step": done, **{k: np.asarray(v).tolist() for k, v in m._asdict().items()}}
+                check_finite(rec["loss"], f"SAE training loss at step {done} (per layer)")
                 history.append(rec)
                 bar.set_postfix(
                     fvu=f"{np.mean(rec['fvu']):.3f}",
@@ -540,11 +543,13 @@ def train_sae(
         raise
     finally:
         bar.close()
+    saes = export_saes(states)
+    check_finite_tree(saes, f"SAE training result after {tcfg.n_steps} steps")
     save(tcfg.n_steps)
     if mngr is not None:
         mngr.close()
     layers = getattr(source, "layers", list(range(source.n_layers)))
-    return TrainResult(export_saes(states), list(layers), history, states)
+    return TrainResult(saes, list(layers), history, states)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -12,18 +12,36 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 import os
 from pathlib import Path
 
+from refusal_jax.core.errors import DataError
 from refusal_jax.core.io import read_json_file
 
 ENV_VAR = "REFUSAL_JAX_DATA"
 EVAL_SETS = ("harmbench_test", "jailbreakbench", "advbench")
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError):
     """A dataset file is missing, empty or malformed."""
+
+
+def _read_text(path: Path) -> str:
+    """A dataset file's text (UTF-8); a file that is not UTF-8 is a :class:`DatasetError`
+    naming it and the byte offset."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a folder, not a dataset file") from None
+
+
+def _open_text(path: Path) -> io.StringIO:
+    """:func:`_read_text` as a file object for :mod:`csv` (line endings kept as ``newline=""``)."""
+    return io.StringIO(_read_text(path), newline="")
 
 
 def data_dir(path=None) -> Path:
@@ -105,7 +123,7 @@ def categorical_harmful_qa(path, n_per_category: int | None = None) -> dict[str,
         raise DatasetError(f"{path}: no such dataset file")
     pairs: list[tuple[str, str]] = []
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
+        with _open_text(path) as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None:
                 raise DatasetError(f"{path}: empty file (expected a header row)")
@@ -114,7 +132,7 @@ def categorical_harmful_qa(path, n_per_category: int | None = None) -> dict[str,
                     raise DatasetError(f"{path}: line {i} has more fields than the header")
                 pairs.append(_chqa_record(path, f"line {i}", row))
     else:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
@@ -170,7 +188,7 @@ def _wildjailbreak_rows(path, need: set):
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such dataset file")
-    with path.open(newline="", encoding="utf-8") as fh:
+    with _open_text(path) as fh:
         reader = csv.DictReader(fh, delimiter="\t")
         if reader.fieldnames is None or not need <= set(reader.fieldnames):
             raise DatasetError(
@@ -239,7 +257,7 @@ def adv_suffixes(path) -> list[tuple[str, list[str]]]:
     if not path.exists():
         raise DatasetError(f"{path}: no such dataset file")
     out = []
-    with path.open(newline="", encoding="utf-8") as fh:
+    with _open_text(path) as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"goal", "response"} <= set(reader.fieldnames):
             raise DatasetError(f"{path}: expected columns goal, response; got {reader.fieldnames}")

@@ -8,6 +8,9 @@ runtime field).
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from refusal_jax.core.io import write_text_atomic
 from refusal_jax.study.pipeline import PipelineConfig, PromptData, run_pipeline
 from refusal_jax.study.runs import new_run_folder
 from refusal_jax.study.subject import PromptSource, Subject
@@ -55,11 +58,26 @@ def run_demo(
         seed=seed,
     )
     folder = new_run_folder(out, "demo", seed)
-    report = run_pipeline(
-        subject.params, subject.cfg, subject.tokenizer, subject.saes, data, pc, folder,
-        progress=progress,
-    )  # fmt: skip
+    try:
+        report = run_pipeline(
+            subject.params, subject.cfg, subject.tokenizer, subject.saes, data, pc, folder,
+            progress=progress,
+        )  # fmt: skip
+    except BaseException as e:
+        mark_failed(folder, e)
+        raise
     return report, folder
 
 
-__all__ = ["demo_prompts", "run_demo"]
+def mark_failed(folder, error: BaseException) -> None:
+    """After a failed run: remove ``folder`` if it is empty, else write ``FAILED`` (the error,
+    one line) into it, so no run folder looks finished or silently empty."""
+    folder = Path(folder)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    elif folder.is_dir():
+        line = " ".join(str(error).split()) or type(error).__name__
+        write_text_atomic(folder / "FAILED", f"{type(error).__name__}: {line}\n")
+
+
+__all__ = ["demo_prompts", "mark_failed", "run_demo"]

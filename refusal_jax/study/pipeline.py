@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from refusal_jax.core.batching import batches
+from refusal_jax.core.errors import check_direction, check_finite
 from refusal_jax.core.io import write_text_atomic
 from refusal_jax.method.capability import masked_ce, rollout_batch
 from refusal_jax.method.direction import choose_best_layer, refusal_directions
@@ -168,6 +169,7 @@ def directions_and_layer(
     directions = refusal_directions(
         params, cfg, (harm_ids, harm_mask), (safe_ids, safe_mask), batch_size=pc.batch_size
     )[0]
+    check_finite(directions, "pipeline stage 'direction': refusal directions [L, D]")
     if pc.best_layer is None:
         best, layer_rates = choose_best_layer(
             params, cfg, directions, harm_ids, harm_mask, refusal_tok, pc.batch_size
@@ -176,6 +178,7 @@ def directions_and_layer(
         if not 0 <= pc.best_layer < cfg.n_layers:
             raise ValueError(f"best_layer {pc.best_layer} out of range [0, {cfg.n_layers})")
         best, layer_rates = pc.best_layer, []
+    check_direction(directions[best], cfg.d_model, f"refusal direction at layer {best}")
     stage(f"direction (layer {best})")
     n_kept = {
         "harmful_train_kept": int(keep_h.sum()),
@@ -204,6 +207,7 @@ def prepare_methods(
     attr = accumulate_attributions(
         params, cfg, saes, harm_ids, harm_mask, r_best, refusal_tok, pc, progress
     )
+    check_finite(attr, "pipeline stage 'LA-IG': feature attributions [L, N, S]")
     stage("LA-IG")
 
     # 4. Feature sets.
@@ -322,6 +326,7 @@ def run_pipeline(
             "harmless_ce_change": ce - base_ce,
             "n_features": int(sets[name].size()) if name in sets else 0,
         }
+        check_finite(list(results[name].values()), f"pipeline stage 'evaluate {name}': metrics")
         samples[name] = [
             {"prompt": p, "response": r} for p, r in zip(data.harmful_test[:3], harm_text[:3])
         ]

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
+from refusal_jax.core.io import save_figure_atomic
+
 
 def render_markdown(report: dict) -> str:
     lines = [
@@ -46,7 +48,7 @@ def plot_report(report: dict, out_dir: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title("Rates per method (held-out prompts)")
     fig.tight_layout()
-    fig.savefig(out_dir / "rates.png", dpi=120)
+    save_figure_atomic(fig, out_dir / "rates.png", dpi=120)
     fig = Figure(figsize=(7, 3.5))
     ax = fig.subplots()
     ax.bar(np.arange(len(report["attribution_by_layer"])), report["attribution_by_layer"])
@@ -56,7 +58,7 @@ def plot_report(report: dict, out_dir: Path) -> None:
     ax.set_title("LA-IG attribution by layer")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "attribution_by_layer.png", dpi=120)
+    save_figure_atomic(fig, out_dir / "attribution_by_layer.png", dpi=120)
 
 
 __all__ = ["plot_report", "render_markdown"]

@@ -127,12 +127,14 @@ def load_subject(
     data_dir=None,
     skip_positions: int | None = None,
     with_saes: bool = True,
+    sae_layers=None,
     mesh=None,
     dtype=None,
 ) -> Subject:
     """The organism (no ``model_dir``; ``sae_dir`` defaults to its committed SAEs) or a converted
     or Hugging Face model folder with ``sae_dir``. With a ``mesh`` the parameters and SAEs are
-    placed on their shards while they load; ``dtype`` casts both."""
+    placed on their shards while they load; ``dtype`` casts both. Every layer needs an SAE of
+    the model's d_model unless ``sae_layers`` restricts them (see :func:`ports.sae.load_saes`)."""
     skip = 1 if skip_positions is None else skip_positions
     if model_dir is not None:
         if with_saes and not sae_dir:
@@ -145,11 +147,12 @@ def load_subject(
         sae_dir = sae_dir or ARTIFACTS / "saes"
     saes = None
     if with_saes:
+        kw = dict(layers=sae_layers, expected_d_in=cfg.d_model)
         if mesh is None:
-            saes = load_saes(sae_dir, cfg.n_layers, sae_width, target_l0)
+            saes = load_saes(sae_dir, cfg.n_layers, sae_width, target_l0, **kw)
         else:
             with host_device():  # SAEs go to the devices only as shards
-                saes = load_saes(sae_dir, cfg.n_layers, sae_width, target_l0)
+                saes = load_saes(sae_dir, cfg.n_layers, sae_width, target_l0, **kw)
             saes = shard_saes(saes, mesh, dtype)
     if model_dir is not None:
         return Subject(cfg, params, tokenizer, saes, False, data_dir, -3.0, None, skip)

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from refusal_jax.core.errors import check_direction, check_finite
 from refusal_jax.core.io import load_arrays, read_json, save_arrays_atomic, write_json_atomic
 from refusal_jax.core.model import generate
 from refusal_jax.core.patches import check_patch_rows, patch_rows
@@ -428,6 +429,9 @@ def run_sweep(
         t0 = time.perf_counter()
         res = compute_guarded(b_ids, b_mask, patch_rows(patch, lo, sc.shard_size), n)
         res = {k: (np.asarray(v)[:n] if k in _PER_PROMPT else v) for k, v in res.items()}
+        for k, v in res.items():
+            if np.asarray(v).dtype.kind == "f":
+                check_finite(v, f"sweep shard {i} ({sc.kind}): {k}")
         if primary:
             save_arrays_atomic(shard_path(i), res)
         computed.append(i)
@@ -470,6 +474,7 @@ def sweep_direction(
     if best_layer is None:
         best_layer, _ = choose_best_layer(params, cfg, dirs, *harm, refusal_token(tokenizer))
     d = _broadcast(np.asarray(dirs[best_layer], np.float32))
+    check_direction(d, cfg.d_model, f"sweep refusal direction at layer {best_layer}")
     if is_primary():
         out.mkdir(parents=True, exist_ok=True)
         save_arrays_atomic(cache, {"direction": d, "layer": np.int64(best_layer)})

@@ -12,6 +12,7 @@ import pytest
 from ports import sae as sae_io
 from ports.safetensors_io import save_file
 from refusal_jax import sae as sae_lib
+from refusal_jax.core.errors import UsageError
 from tests.support.saes import np_decode, np_encode, random_sae
 
 D, S = 12, 40
@@ -344,5 +345,5 @@ def test_cli_convert_llamascope_to_saelens_and_gemmascope(tmp_path):
     )
     a, b = sae_io.load_sae(src), sae_io.load_sae(tmp_path / "gs")
     np.testing.assert_allclose(sae_lib.reconstruct(b, X), sae_lib.reconstruct(a, X), atol=1e-5)
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="--saelens-5-5-2"):
         _cli(["convert-sae", str(tmp_path / "sl"), str(tmp_path / "x"), "--saelens-5-5-2"])
