@@ -48,12 +48,14 @@ def read_json(path):
     return json.loads(Path(path).read_text())
 
 
-def save_arrays_atomic(path, arrays: dict) -> None:
-    """Save a flat dict of arrays as safetensors atomically."""
+def save_arrays_atomic(path, arrays: dict, metadata: dict[str, str] | None = None) -> None:
+    """Save a flat dict of arrays as safetensors atomically (``metadata``: header strings)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()}, str(tmp))
+    save_file(
+        {k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()}, str(tmp), metadata
+    )
     os.replace(tmp, path)
 
 
