@@ -33,14 +33,13 @@ from refusal_jax.cli.common import (
     add_run_arguments,
     add_subject_arguments,
     classifier_from_args,
-    run_folder,
+    open_run_from_args,
     subject_from_args,
 )
 from refusal_jax.core.io import write_json_atomic
 from refusal_jax.study.benchmark import PROTOCOLS, BenchmarkConfig, run_benchmark
 from refusal_jax.study.data import EVAL_SETS
 from refusal_jax.study.pipeline import METHODS, PipelineConfig
-from refusal_jax.study.runs import Cache
 from refusal_jax.study.subject import PromptSource
 
 
@@ -101,7 +100,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     subject = subject_from_args(args)
     args.n_train = args.n_train or (64 if subject.organism else 260)
-    out = run_folder(args, "benchmark")
+    out, cache = open_run_from_args(args, "benchmark", subject)
     src = subject.prompts(args.seed)
     d = _organism_data(src, args) if subject.organism else _real_data(src, args)
     default_ind = "0.5,1,2,4,8" if subject.organism else "10,15,20,25,30"
@@ -125,7 +124,7 @@ def main(argv=None) -> dict:
     classifier = classifier_from_args(args)
     res = run_benchmark(
         subject.params, subject.cfg, subject.tokenizer, subject.saes, **d, bc=bc,
-        cache=Cache(out / "cache"), classifier=classifier, progress=not args.quiet,
+        cache=cache, classifier=classifier, progress=not args.quiet,
     )  # fmt: skip
     res["subject"] = subject.describe()
     write_json_atomic(out / "results.json", res)

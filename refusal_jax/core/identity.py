@@ -300,27 +300,33 @@ def _warn_damaged(path, reason) -> None:
     warnings.warn(f"{path}: damaged stored result ({reason}); recomputing it", stacklevel=3)
 
 
-def save_checked_arrays(path, arrays: dict) -> None:
-    """Save a flat dict of arrays as safetensors (atomically) with its sha256 in the header."""
+def save_checked_arrays(path, arrays: dict, key: str | None = None) -> None:
+    """Save a flat dict of arrays as safetensors (atomically) with its sha256 in the header
+    (and ``key``, the identity of the inputs it was computed from, when given)."""
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()}
-    save_arrays_atomic(path, arrays, metadata={"sha256": arrays_digest(arrays)})
+    meta = {"sha256": arrays_digest(arrays)} | ({"key": key} if key is not None else {})
+    save_arrays_atomic(path, arrays, metadata=meta)
 
 
-def load_checked_arrays(path) -> dict[str, np.ndarray] | None:
+def load_checked_arrays(path, key: str | None = None) -> dict[str, np.ndarray] | None:
     """The arrays of a :func:`save_checked_arrays` file, or None (with a warning naming the
-    file) when it is missing its checksum, truncated, unreadable or altered."""
+    file) when it is missing its checksum, truncated, unreadable, altered or (``key`` given)
+    made from other inputs."""
     try:
         with safe_open(str(path), "np") as f:
-            want = (f.metadata() or {}).get("sha256")
+            meta = f.metadata() or {}
         arrays = load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for truncated files
         _warn_damaged(path, f"unreadable: {err}")
         return None
-    if want is None:
+    if "sha256" not in meta:
         _warn_damaged(path, "no checksum")
         return None
-    if arrays_digest(arrays) != want:
+    if arrays_digest(arrays) != meta["sha256"]:
         _warn_damaged(path, "checksum mismatch")
+        return None
+    if key is not None and meta.get("key") != key:
+        _warn_damaged(path, f"made from other inputs: key {meta.get('key')} != {key}")
         return None
     return arrays
 
