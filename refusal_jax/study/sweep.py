@@ -317,12 +317,13 @@ def run_sweep(
                 old_key = "(unreadable manifest)"
             status[0] = old_key != key and not force
         if not status[0]:
-            if old_key != key:  # a new folder, or --force over another sweep
+            if old_key != key:  # a new folder, or --force over another sweep: all recomputed
                 write_json_atomic(manifest_path, manifest)
-            status[1:] = [
-                shard_path(i).exists() and load_checked_arrays(shard_path(i), key) is not None
-                for i in range(n_shards)
-            ]
+            else:
+                status[1:] = [
+                    shard_path(i).exists() and load_checked_arrays(shard_path(i), key) is not None
+                    for i in range(n_shards)
+                ]
     status = _broadcast(status)
     if status[0]:
         raise ValueError(
