@@ -34,7 +34,7 @@ from refusal_jax.cli.common import (
     add_subject_arguments,
     classifier_from_args,
     number_list,
-    run_folder,
+    open_run_from_args,
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
@@ -42,7 +42,6 @@ from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.study.benchmark import PROTOCOLS, BenchmarkConfig, run_benchmark
 from refusal_jax.study.data import EVAL_SETS
 from refusal_jax.study.pipeline import METHODS, PipelineConfig
-from refusal_jax.study.runs import Cache
 from refusal_jax.study.subject import PromptSource
 
 
@@ -104,7 +103,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     subject = subject_from_args(args)
     args.n_train = args.n_train or (64 if subject.organism else 260)
-    out = run_folder(args, "benchmark")
+    out, cache = open_run_from_args(args, "benchmark", subject)
     src = subject.prompts(args.seed)
     d = _organism_data(src, args) if subject.organism else _real_data(src, args)
     default_ind = (0.5, 1.0, 2.0, 4.0, 8.0) if subject.organism else (10.0, 15.0, 20.0, 25.0, 30.0)
@@ -128,7 +127,7 @@ def main(argv=None) -> dict:
     classifier = classifier_from_args(args)
     res = run_benchmark(
         subject.params, subject.cfg, subject.tokenizer, subject.saes, **d, bc=bc,
-        cache=Cache(out / "cache"), classifier=classifier, progress=not args.quiet,
+        cache=cache, classifier=classifier, progress=not args.quiet,
     )  # fmt: skip
     res["subject"] = subject.describe()
     write_json_atomic(out / "results.json", res)

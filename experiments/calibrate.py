@@ -28,7 +28,7 @@ from refusal_jax.cli.common import (
     add_run_arguments,
     add_subject_arguments,
     number_list,
-    run_folder,
+    open_run_from_args,
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, run_cli
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     subject = subject_from_args(args)
     params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
-    out = run_folder(args, "calibrate")
+    out, cache = open_run_from_args(args, "calibrate", subject)
     h_train, s_train, h_val, s_val = _prompts(subject, args)
     enc = lambda xs: encode_prompts(tok, xs, max_length=cfg.max_position_embeddings)
     rt = refusal_token(tok)

@@ -33,7 +33,7 @@ from refusal_jax.cli.common import (
     add_run_arguments,
     add_subject_arguments,
     classifier_from_args,
-    run_folder,
+    open_run_from_args,
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
@@ -50,7 +50,6 @@ from refusal_jax.study.categories import (
     shared_features,
 )
 from refusal_jax.study.pipeline import PipelineConfig
-from refusal_jax.study.runs import Cache
 
 
 def _data(subject, args):
@@ -136,7 +135,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     subject = subject_from_args(args)
     params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
-    out = run_folder(args, "categories")
+    # --min-all-rate selects among cached results: a resume may change it
+    out, cache = open_run_from_args(args, "categories", subject, exclude=("min_all_rate",))
     fit, test, harmless = _data(subject, args)
     pc = PipelineConfig(
         n_steps=args.n_steps, n_features=args.n_features,
@@ -149,7 +149,6 @@ def main(argv=None) -> dict:
         pc, pad_multiple=shared_padding(tok, *fit.values(), *test.values(), harmless)
     )
     clamp = subject.clamp_value if args.clamp_value is None else args.clamp_value
-    cache = Cache(out / "cache")
     cf = cached_category_features(
         params, cfg, tok, saes, fit, harmless, pc, cache, best_layer=args.best_layer,
         min_share=args.min_share, progress=not args.quiet,

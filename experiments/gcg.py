@@ -20,7 +20,7 @@ import numpy as np
 from refusal_jax.cli.common import (
     add_run_arguments,
     add_subject_arguments,
-    run_folder,
+    open_run_from_args,
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
@@ -28,7 +28,7 @@ from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.gcg import GCGConfig, gcg_search, suffixed
 from refusal_jax.method.judges import judge_responses, refusal_token
 from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
-from refusal_jax.study.runs import Cache, content_key
+from refusal_jax.study.runs import content_key
 
 
 def _rates(before, after) -> dict:
@@ -63,8 +63,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     subject = subject_from_args(args)
     params, cfg, tok = subject.params, subject.cfg, subject.tokenizer
-    out = run_folder(args, "gcg")
-    cache = Cache(out / "cache")
+    out, cache = open_run_from_args(args, "gcg", subject)
     src = subject.prompts(args.seed)
     train = src.split("harmful_train", args.n_train)
     test = src.split("harmful_test", args.n_test)

@@ -33,7 +33,7 @@ from refusal_jax.cli.common import (
     add_refusal_features_argument,
     add_run_arguments,
     add_subject_arguments,
-    run_folder,
+    open_run_from_args,
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
@@ -46,7 +46,7 @@ from refusal_jax.study import data
 from refusal_jax.study import jailbreaks as jb
 from refusal_jax.study.benchmark import cached_prepare
 from refusal_jax.study.pipeline import PipelineConfig
-from refusal_jax.study.runs import Cache, content_key
+from refusal_jax.study.runs import content_key
 from refusal_jax.study.subject import PromptSource
 
 
@@ -91,8 +91,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     subject = subject_from_args(args)
     params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
-    out = run_folder(args, "jailbreak_analysis")
-    cache = Cache(out / "cache")
+    out, cache = open_run_from_args(args, "jailbreak_analysis", subject)
     progress = not args.quiet
     clamp = subject.clamp_value if args.clamp_value is None else args.clamp_value
     # lengths padded to multiples of 32: fewer distinct shapes, fewer compilations

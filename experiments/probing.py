@@ -27,7 +27,7 @@ from refusal_jax.cli.common import (
     add_refusal_features_argument,
     add_run_arguments,
     add_subject_arguments,
-    run_folder,
+    open_run_from_args,
     subject_from_args,
 )
 from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
@@ -40,7 +40,7 @@ from refusal_jax.study import data
 from refusal_jax.study.benchmark import cached_prepare
 from refusal_jax.study.jailbreaks import refusal_features
 from refusal_jax.study.pipeline import PipelineConfig
-from refusal_jax.study.runs import Cache, content_key
+from refusal_jax.study.runs import content_key
 
 
 def _data(subject, args):
@@ -75,8 +75,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     subject = subject_from_args(args)
     params, cfg, tok, saes = subject.params, subject.cfg, subject.tokenizer, subject.saes
-    out = run_folder(args, "probing")
-    cache = Cache(out / "cache")
+    out, cache = open_run_from_args(args, "probing", subject)
     harm_tr, safe_tr, harm_te, jail_candidates = _data(subject, args)
     pc = PipelineConfig(
         n_steps=args.n_steps, n_candidates=subject.n_candidates,

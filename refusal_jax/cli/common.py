@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import jax.numpy as jnp
 
 from refusal_jax.core.errors import UsageError
+from refusal_jax.core.identity import Identity, IdentityMismatch, describe_input
 from refusal_jax.method.judges import PROMPTS, ClassifierJudge
-from refusal_jax.study.runs import new_run_folder
+from refusal_jax.study.runs import Cache, open_run
 from refusal_jax.study.subject import Subject, load_classifier, load_subject
 
 
@@ -141,16 +143,66 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: a run folder made from other inputs is rebound and everything "
+        "recomputed (default: refused, naming what differs)",
+    )
 
 
-def run_folder(args: argparse.Namespace, name: str) -> Path:
-    """``--resume DIR`` if given (must exist), else a new ``<out>/<name>-seed<seed>-<time>``."""
-    if getattr(args, "resume", None):
-        folder = Path(args.resume)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"--resume {folder}: no such run folder")
-        return folder
-    return new_run_folder(args.out, name, args.seed)
+# Flags that do not change results (where results go, progress), the classifier judge's flags
+# (its verdicts are cached under the classifier's content digest, see load_classifier, so a
+# classifier can be added to a finished run) and flags whose *content* the identity records
+# instead of their path (model, SAEs, data; other input files).
+RUN_FLAGS = ("out", "resume", "quiet", "force", "debug", "func", "command")
+CLASSIFIER_FLAGS = ("classifier_dir", "classifier_prompt", "classifier_dtype")
+SUBJECT_PATH_FLAGS = ("model_dir", "sae_dir", "data_dir")
+INPUT_FLAGS = (
+    "refusal_features",
+    "wildjailbreak",
+    "jailbreak_file",
+    "suffix_csv",
+    "gcg_results",
+    "text_file",
+    "categories_file",
+)
+
+
+def run_identity(args: argparse.Namespace, subject: Subject, exclude=()) -> Identity:
+    """The :class:`Identity` of a script's results: the subject's model, SAEs and data by
+    content, every other flag as a setting (``exclude``: flags that do not change any cached
+    result, e.g. a selection rule applied to cached responses), and the content of input files
+    given by :data:`INPUT_FLAGS`. The classifier flags are left out: verdicts are cached under the
+    classifier's content digest."""
+    skip = {*RUN_FLAGS, *CLASSIFIER_FLAGS, *SUBJECT_PATH_FLAGS, *INPUT_FLAGS, *exclude}
+    settings = {k: v for k, v in vars(args).items() if k not in skip and not callable(v)}
+    inputs = {}
+    for k in INPUT_FLAGS:
+        v = getattr(args, k, None)
+        if isinstance(v, str) and Path(v).exists():
+            inputs[k] = describe_input(v)
+        elif v is not None:
+            settings[k] = v
+    return subject.identity(settings, inputs)
+
+
+def open_run_from_args(
+    args: argparse.Namespace, name: str, subject: Subject, exclude=()
+) -> tuple[Path, Cache]:
+    """The run folder (``--resume DIR`` or a new one under ``--out``) bound to the script's
+    :func:`run_identity`, and its :class:`~refusal_jax.study.runs.Cache`. Resuming a folder made
+    from another model, SAEs, data or settings exits with one line naming what differs (exit
+    2), unless ``--force`` (then everything is recomputed)."""
+    ident = run_identity(args, subject, exclude)
+    try:
+        return open_run(
+            args.out, name, args.seed, ident,
+            resume=getattr(args, "resume", None), force=getattr(args, "force", False),
+        )  # fmt: skip
+    except (IdentityMismatch, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def add_classifier_arguments(p: argparse.ArgumentParser) -> None:
@@ -191,6 +243,7 @@ __all__ = [
     "add_run_arguments",
     "add_subject_arguments",
     "classifier_from_args",
-    "run_folder",
+    "open_run_from_args",
+    "run_identity",
     "subject_from_args",
 ]

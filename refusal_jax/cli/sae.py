@@ -4,14 +4,14 @@ through :func:`add_sae_commands`)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from ports import sae as sae_io
 from ports.loading import load_model
 from refusal_jax.cli.common import number_list
 from refusal_jax.core.errors import UsageError
-from refusal_jax.core.io import check_separate, write_text_atomic
+from refusal_jax.core.identity import IdentityMismatch, describe_input
+from refusal_jax.core.io import check_separate, write_json_atomic
 from refusal_jax.sae import train as sae_train
 
 
@@ -64,6 +64,7 @@ def _cmd_train(args) -> int:
         acts = np.load(args.activations, mmap_mode="r", allow_pickle=False)
         layers = _layers(args.layers) if args.layers else None
         source = sae_train.ArraySource(acts, args.batch_size, seed=args.seed, layers=layers)
+        inputs = {"activations": describe_input(args.activations)}
     else:
         if not (args.model_dir and args.tokens and args.layers):
             raise UsageError("give --activations, or --model-dir with --tokens and --layers")
@@ -81,11 +82,16 @@ def _cmd_train(args) -> int:
             seed=args.seed,
         )
         model = (params, model_cfg, ids[: args.eval_seqs], mask[: args.eval_seqs])
+        inputs = {"model": describe_input(args.model_dir), "tokens": describe_input(args.tokens)}
     out = Path(args.out)
     ckpt = out / "checkpoints"
-    res = sae_train.train_sae(
-        source, tcfg, ckpt_dir=ckpt, checkpoint_every=args.checkpoint_every, log_every=10
-    )
+    try:
+        res = sae_train.train_sae(
+            source, tcfg, ckpt_dir=ckpt, checkpoint_every=args.checkpoint_every, log_every=10,
+            inputs=inputs,
+        )  # fmt: skip
+    except IdentityMismatch as err:
+        raise UsageError(f"--out {out}: {err}") from None
     summary = {"train_config": dataclasses.asdict(tcfg), "layers": {}}
     for i, (layer, sae) in enumerate(res.sae_set().items()):
         x = source.batch(tcfg.n_steps + 1)[i]
@@ -97,8 +103,8 @@ def _cmd_train(args) -> int:
         sae_io.save_saelens(sae, out / f"layer_{layer}", hook_name=hook)
         summary["layers"][str(layer)] = metrics
         print(f"layer {layer}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    write_text_atomic(out / "history.json", json.dumps(res.history))
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_json_atomic(out / "history.json", res.history)  # every record, across resumes
+    write_json_atomic(out / "summary.json", summary)
     return 0
 
 

@@ -77,6 +77,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-processes", type=int, default=None)
     p.add_argument("--process-id", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="--out holds a sweep of other inputs: recompute everything (default: refused)",
+    )
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict:
@@ -114,6 +119,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
     res = run_sweep(
         params, cfg, ids, mask, args.out, sc, saes=subject.saes, direction=direction,
         refusal_token=rt, mesh=mesh, auto_shrink=args.auto_shrink, progress=not args.quiet,
+        force=args.force,
     )  # fmt: skip
     if is_primary():
         print(

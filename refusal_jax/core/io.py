@@ -90,12 +90,14 @@ def read_json_file(path, error: type[Exception] = ValueError, what: str = "file"
         raise error(f"{path}: not valid JSON ({e})") from e
 
 
-def save_arrays_atomic(path, arrays: dict) -> None:
-    """Save a flat dict of arrays as safetensors atomically."""
+def save_arrays_atomic(path, arrays: dict, metadata: dict[str, str] | None = None) -> None:
+    """Save a flat dict of arrays as safetensors atomically (``metadata``: header strings)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()}, str(tmp))
+    save_file(
+        {k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()}, str(tmp), metadata
+    )
     os.replace(tmp, path)
 
 

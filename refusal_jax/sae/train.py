@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -42,7 +41,15 @@ from flax import struct
 
 from refusal_jax import sae as sae_lib
 from refusal_jax.core.errors import check_finite, check_finite_tree
-from refusal_jax.core.io import write_text_atomic
+from refusal_jax.core.identity import (
+    IDENTITY_FILE,
+    Identity,
+    IdentityMismatch,
+    describe_tree,
+    diff,
+    read_checked_json,
+    write_checked_json,
+)
 from refusal_jax.core.losses import next_token_ce
 from refusal_jax.core.model import forward, forward_fn
 from refusal_jax.sae import SAE, SAEConfig
@@ -121,6 +128,11 @@ class ArraySource:
         idx = _epoch_index(self.seed, step, self.batch_size, self.acts.shape[1])
         return np.asarray(self.acts[:, idx], np.float32)
 
+    def describe_inputs(self) -> dict:
+        """What the batches are made from (all bytes of the activations), for the checkpoint
+        folder's identity (callers with a file pass its cached digest to ``train_sae`` instead)."""
+        return {"activations": describe_tree(self.acts, "activations")}
+
 
 class ModelSource:
     """resid_post activations at ``layers``, computed from token batches with the model.
@@ -158,6 +170,14 @@ class ModelSource:
         ids, mask = (np.asarray(a) for a in self.tokens)
         idx = _epoch_index(self.seed, step, self.seqs_per_step, ids.shape[0])
         return ids[idx], mask[idx]
+
+    def describe_inputs(self) -> dict:
+        """What the batches are made from (the model's parameters and the token arrays, all
+        bytes), for the checkpoint folder's identity."""
+        out = {"model": describe_tree(self.params, "model parameters")}
+        if not callable(self.tokens):
+            out["tokens"] = describe_tree(tuple(np.asarray(a) for a in self.tokens), "tokens")
+        return out
 
     def batch(self, step: int) -> np.ndarray:
         ids, mask = self.token_batch(step)
@@ -454,22 +474,59 @@ def _manager(ckpt_dir, keep: int = 2):
     return ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=opts)
 
 
-def _check_config(ckpt_dir: Path, tcfg: TrainConfig, source, init=None) -> None:
-    info = {"train_config": dataclasses.asdict(tcfg), "d_in": source.d_in}
-    info["n_layers"] = source.n_layers
-    if init is not None:  # a fingerprint of the warm-start SAEs
-        info["init"] = [float(np.asarray(init.W_dec, np.float64).sum()), list(init.W_dec.shape)]
-    path = ckpt_dir / "train_config.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved != json.loads(json.dumps(info)):
-            raise ValueError(
-                f"{ckpt_dir} holds a run with a different configuration: {saved} vs {info}; "
+def _run_identity(tcfg: TrainConfig, source, init=None, inputs=None) -> Identity:
+    """The identity of a training run: its config, layers, d_in, what the batches are made from
+    (``inputs``, else ``source.describe_inputs()``) and the warm-start SAEs."""
+    layers = getattr(source, "layers", list(range(source.n_layers)))
+    settings = {
+        "train_config": dataclasses.asdict(tcfg),
+        "d_in": source.d_in,
+        "n_layers": source.n_layers,
+        "layers": [int(i) for i in layers],
+        "source": {
+            k: int(getattr(source, k))
+            for k in ("batch_size", "seqs_per_step", "seed")
+            if hasattr(source, k)
+        },
+    }
+    if inputs is None:
+        inputs = source.describe_inputs() if hasattr(source, "describe_inputs") else {}
+    inputs = dict(inputs)
+    model = inputs.pop("model", None)
+    data = inputs.pop("tokens", None) or inputs.pop("activations", None)
+    saes = None if init is None else describe_tree(init, "warm-start SAEs")
+    return Identity(model, saes, data, settings, inputs)
+
+
+def _check_config(ckpt_dir: Path, ident: Identity) -> None:
+    """Record ``ident`` in a new checkpoint folder, or refuse one made by another run, naming
+    every difference (other layers, tokens, model, config, ...)."""
+    old = Identity.load(ckpt_dir)
+    if old is None and (ckpt_dir / "train_config.json").exists():
+        raise IdentityMismatch(
+            f"{ckpt_dir} holds a run with a different configuration (recorded before "
+            f"identities: no {IDENTITY_FILE}): use a new checkpoint folder"
+        )
+    if old is not None:
+        diffs = diff(old, ident)
+        if diffs:
+            raise IdentityMismatch(
+                f"{ckpt_dir} holds a run with a different configuration: {'; '.join(diffs)}; "
                 "use a new checkpoint folder"
             )
-    else:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(info, indent=2))
+        return
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ident.save(ckpt_dir)
+
+
+def _read_history(ckpt_dir: Path, upto: int) -> list:
+    """The logged records of the steps <= ``upto`` saved with the checkpoints (a damaged
+    history file is named in a warning and replaced by an empty one)."""
+    path = ckpt_dir / "history.json"
+    if not path.exists():
+        return []
+    ok, hist = read_checked_json(path)
+    return [r for r in hist if r["step"] <= upto] if ok else []
 
 
 def train_sae(
@@ -481,6 +538,7 @@ def train_sae(
     log_every: int = 10,
     progress: bool = True,
     init: SAE | None = None,
+    inputs: dict | None = None,
 ) -> TrainResult:
     """Train one SAE per source layer (all layers in one vmapped step).
 
@@ -490,6 +548,13 @@ def train_sae(
     result equals an uninterrupted run's. ``stop_after=n`` simulates a kill: after step n the
     state is saved and :class:`TrainingInterrupted` is raised. ``init``: stacked SAEs to start
     from (fine-tuning, see :func:`warm_start`) instead of a random initialization.
+
+    The checkpoint folder records the run's identity (``identity.json``: config, layers, d_in,
+    what the batches are made from - ``inputs``, records of
+    :func:`refusal_jax.core.identity.describe_input` by name ("model", "tokens", "activations"),
+    else ``source.describe_inputs()`` - and the warm-start SAEs); a folder made by another run is
+    refused naming the difference. ``history`` holds every logged record since step 0, across
+    resumes (saved with each checkpoint), also when the run had already finished.
     """
     from tqdm.auto import tqdm
 
@@ -501,23 +566,25 @@ def train_sae(
         import orbax.checkpoint as ocp
 
         ckpt_dir = Path(ckpt_dir)
-        _check_config(ckpt_dir, tcfg, source, init)
+        _check_config(ckpt_dir, _run_identity(tcfg, source, init, inputs))
         mngr = _manager(ckpt_dir)
         latest = mngr.latest_step()
         if latest is not None:
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, states)
             states = mngr.restore(latest, args=ocp.args.StandardRestore(abstract))
             start = int(latest)
+    history = [] if ckpt_dir is None else _read_history(ckpt_dir, start)
 
     def save(step):
         if mngr is not None:
             import orbax.checkpoint as ocp
 
+            # the history first: a checkpoint never lacks the records of its steps
+            write_checked_json(ckpt_dir / "history.json", history)
             if mngr.latest_step() != step:
                 mngr.save(step, args=ocp.args.StandardSave(states))
             mngr.wait_until_finished()
 
-    history = []
     bar = tqdm(range(start, tcfg.n_steps), initial=start, total=tcfg.n_steps, disable=not progress)
     done = start  # finished steps, the step count of ``states``
     try:

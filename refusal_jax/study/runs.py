@@ -2,7 +2,11 @@
 
 Caching: :class:`Cache` stores arrays as safetensors and everything else as JSON under
 ``<run>/cache/<name>-<key>.*``, where ``key`` hashes the inputs that determine the result (never
-pickle). Rerunning a script with ``--resume <run folder>`` reuses every finished entry.
+pickle) together with the run's identity (:class:`refusal_jax.core.identity.Identity`: model,
+SAEs, data, settings, algorithm version, recorded in ``<run>/identity.json``). Every entry carries
+a checksum checked on read; a damaged one is named in a warning and recomputed. Rerunning a script
+with ``--resume <run folder>`` reuses every finished entry made from the same inputs, and refuses a
+folder made from others (:func:`open_run`).
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from refusal_jax.core.io import (
-    jsonable,
-    load_arrays,
-    read_json,
-    save_arrays_atomic,
-    write_json_atomic,
+from refusal_jax.core.identity import (
+    Identity,
+    bind_identity,
+    load_checked_arrays,
+    read_checked_json,
+    save_checked_arrays,
+    write_checked_json,
 )
+from refusal_jax.core.io import jsonable
 
 
 # ----------------------------------------------------------------------------- cache
@@ -62,21 +68,25 @@ def content_key(*parts) -> str:
 class Cache:
     """Content-keyed results under ``folder``: ``arrays(name, key, fn)`` returns the cached dict of
     arrays or computes ``fn()`` and stores it (safetensors); ``json(name, key, fn)`` likewise
-    for JSON-able results. ``folder=None`` disables caching."""
+    for JSON-able results. ``folder=None`` disables caching. ``salt`` (the run's
+    :meth:`Identity.digest`) enters every key: entries made from other inputs are never found.
+    Entries carry a checksum; a damaged one is named in a warning and recomputed."""
 
     folder: Path | None
+    salt: str = ""
 
     def _path(self, name: str, key: str, suffix: str) -> Path:
+        key = content_key(self.salt, key) if self.salt else key
         return Path(self.folder) / f"{name}-{key}{suffix}"
 
     def arrays(self, name: str, key: str, fn: Callable[[], dict]) -> dict[str, np.ndarray]:
         if self.folder is None:
             return {k: np.asarray(v) for k, v in fn().items()}
         path = self._path(name, key, ".safetensors")
-        if path.exists():
-            return load_arrays(path)
+        if path.exists() and (got := load_checked_arrays(path)) is not None:
+            return got
         out = {k: np.asarray(v) for k, v in fn().items()}
-        save_arrays_atomic(path, out)
+        save_checked_arrays(path, out)
         return out
 
     def json(self, name: str, key: str, fn: Callable[[], object]):
@@ -84,9 +94,11 @@ class Cache:
             return jsonable(fn())
         path = self._path(name, key, ".json")
         if path.exists():
-            return read_json(path)
+            ok, value = read_checked_json(path)
+            if ok:
+                return value
         out = jsonable(fn())
-        write_json_atomic(path, out)
+        write_checked_json(path, out)
         return out
 
 
@@ -97,4 +109,23 @@ def new_run_folder(parent, name: str, seed: int) -> Path:
     return folder
 
 
-__all__ = ["Cache", "content_key", "new_run_folder"]
+def open_run(
+    parent, name: str, seed: int, identity: Identity, *, resume=None, force: bool = False
+) -> tuple[Path, Cache]:
+    """The run folder and its :class:`Cache`: ``resume`` (an existing run folder) if given, else
+    a new ``<parent>/<name>-seed<seed>-<time>``; ``identity`` is recorded in ``identity.json``.
+    Resuming a folder made from other inputs raises
+    :class:`~refusal_jax.core.identity.IdentityMismatch` naming what differs; with ``force`` the
+    folder is rebound and every result recomputed (old cache entries are left, never reused)."""
+    if resume is not None:
+        folder = Path(resume)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--resume {folder}: no such run folder")
+        bind_identity(folder, identity, force=force, what=f"--resume {folder}")
+    else:
+        folder = new_run_folder(parent, name, seed)
+        bind_identity(folder, identity)
+    return folder, Cache(folder / "cache", salt=identity.digest())
+
+
+__all__ = ["Cache", "content_key", "new_run_folder", "open_run"]

@@ -17,9 +17,18 @@ from transformers import AutoTokenizer
 
 from ports.loading import load_model
 from ports.sae import load_saes
+from refusal_jax.core.identity import (
+    Identity,
+    describe_files,
+    describe_input,
+    describe_tree,
+    folder_digest,
+)
 from refusal_jax.core.sharding import host_device, shard_saes
 from refusal_jax.method.judges import HARMBENCH_PROMPT, ClassifierJudge
 from refusal_jax.organism import ARTIFACTS, MODEL_DIR, organism_corpus
+from refusal_jax.organism import corpus as corpus_mod
+from refusal_jax.organism import vocab as vocab_mod
 from refusal_jax.organism.tokenizer import load_tokenizer
 from refusal_jax.study import data
 
@@ -102,10 +111,27 @@ class Subject:
     skip_positions: int = 1
     # F0: candidate features per layer (the paper's 10; 40 on the organism, see ORGANISM_METHOD)
     n_candidates: int = 10
+    model_dir: str | None = None  # the model folder (None: the organism's)
+    sae_dir: str | None = None  # the SAE folder the SAEs were loaded from
 
     def prompts(self, seed: int = 0) -> PromptSource:
         """This subject's :class:`PromptSource` (the organism's corpus or ``data_dir``)."""
         return PromptSource(self.data_dir, seed, organism=self.organism)
+
+    def identity(self, settings: dict, inputs: dict | None = None) -> Identity:
+        """The :class:`~refusal_jax.core.identity.Identity` of results computed on this subject
+        with ``settings``: the model folder's full-content digest, the loaded SAEs' (all bytes,
+        None when not loaded), the prompt data's (the data folder, or the organism corpus code)
+        and ``inputs`` (other input files, :func:`~refusal_jax.core.identity.describe_input`)."""
+        model = describe_input(self.model_dir or MODEL_DIR, None if self.model_dir else "organism")
+        saes = None
+        if self.saes is not None:
+            saes = describe_tree(self.saes, str(self.sae_dir or "organism SAEs"))
+        if self.organism:
+            data_rec = describe_files("organism corpus", [corpus_mod.__file__, vocab_mod.__file__])
+        else:
+            data_rec = describe_input(data.data_dir(self.data_dir))
+        return Identity(model, saes, data_rec, dict(settings), dict(inputs or {}))
 
     def describe(self) -> dict:
         return {
@@ -155,10 +181,14 @@ def load_subject(
                 saes = load_saes(sae_dir, cfg.n_layers, sae_width, target_l0, **kw)
             saes = shard_saes(saes, mesh, dtype)
     if model_dir is not None:
-        return Subject(cfg, params, tokenizer, saes, False, data_dir, -3.0, None, skip)
+        return Subject(
+            cfg, params, tokenizer, saes, False, data_dir, -3.0, None, skip,
+            model_dir=str(model_dir), sae_dir=sae_dir and str(sae_dir),
+        )  # fmt: skip
     return Subject(
         cfg, params, tokenizer, saes, True, None, ORGANISM_METHOD["clamp_value"],
         ORGANISM_COMPLIANCE, skip, ORGANISM_METHOD["n_candidates"],
+        sae_dir=str(sae_dir) if with_saes else None,
     )  # fmt: skip
 
 
@@ -169,8 +199,10 @@ def load_classifier(
     template (e.g. one of :data:`refusal_jax.method.judges.PROMPTS`)."""
     cfg, params = load_model(folder, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    # the name keys cached verdicts: the classifier's content and dtype, not only its path
+    name = f"{folder} ({jnp.dtype(dtype).name}, sha256 {folder_digest(folder)[:16]})"
     return ClassifierJudge.build(
-        cfg, params, tokenizer, batch_size=batch_size, template=template, name=str(folder)
+        cfg, params, tokenizer, batch_size=batch_size, template=template, name=name
     )
 
 

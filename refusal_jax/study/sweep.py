@@ -5,10 +5,12 @@ shard as one jitted call - data parallel over the mesh's ``data`` axis, tensor p
 ``model`` axis (parameters and SAEs placed by :mod:`refusal_jax.core.sharding`). Every finished
 shard is written at once, atomically, to ``<out>/shards/<kind>-<index>.safetensors``, next to
 ``<out>/manifest.json`` (what the sweep computes, keyed by a content hash of its inputs: prompts,
-settings, the model's and SAEs' configs, dtypes and sampled values, the direction, the patch).
-Run it again on the same folder and finished shards are not recomputed; a folder made for other
-inputs is refused. When all shards exist they are merged into ``<out>/<kind>.safetensors`` in
-prompt order.
+settings, ALL bytes of the model's parameters and SAEs (``identity.tree_digest``) with their
+structure and configs, the direction, the patch, the algorithm version). Every shard
+carries its checksum and the key in its header, checked on read: a damaged or truncated shard is
+named in a warning and recomputed. Run it again on the same folder and finished shards are not
+recomputed; a folder made for other inputs is refused (``force=True`` recomputes everything). When
+all shards exist they are merged into ``<out>/<kind>.safetensors`` in prompt order.
 
     refusal-jax sweep laig --out runs/sweep1 --n-prompts 512 --shard-size 32
     refusal-jax sweep generate --out runs/gen1 --max-new-tokens 64
@@ -43,7 +45,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from refusal_jax.core.errors import check_direction, check_finite
-from refusal_jax.core.io import load_arrays, read_json, save_arrays_atomic, write_json_atomic
+from refusal_jax.core.identity import (
+    ALGORITHM_VERSION,
+    load_checked_arrays,
+    save_checked_arrays,
+    tree_digest,
+)
+from refusal_jax.core.io import load_arrays, read_json, write_json_atomic
 from refusal_jax.core.model import generate
 from refusal_jax.core.patches import check_patch_rows, patch_rows
 from refusal_jax.core.sharding import DATA, is_primary, shard_batch, to_host
@@ -129,25 +137,11 @@ class SweepConfig:
 
 
 # ----------------------------------------------------------------------------- fingerprints
-def _corners(a) -> list:
-    """Shape, dtype and the values of two small corner blocks of an array (static slices: no
-    gather of a sharded array, exact values whatever the layout)."""
-    shape = tuple(int(s) for s in np.shape(a))
-    if not shape:
-        return [str(a.dtype), [], to_host(a).tolist()]
-    lo = tuple(slice(0, min(s, 4)) for s in shape)
-    hi = tuple(slice(max(s - 4, 0), s) for s in shape)
-    vals = [to_host(a[lo]), to_host(a[hi])]
-    return [str(a.dtype), list(shape), [np.asarray(v, np.float64).ravel().tolist() for v in vals]]
-
-
-def fingerprint(tree) -> list:
-    """A JSON-able summary of a pytree that changes when the model / SAEs / patch change:
-    its structure (incl. static configs), every leaf's shape and dtype, and sampled values."""
-    if tree is None:
-        return []
-    leaves, treedef = jax.tree.flatten(tree)
-    return [str(treedef)] + [_corners(x if hasattr(x, "dtype") else np.asarray(x)) for x in leaves]
+def fingerprint(tree) -> str:
+    """A digest of a pytree that changes when the model / SAEs / patch change: its structure
+    (incl. static configs), every leaf's shape and dtype and ALL of its bytes
+    (:func:`refusal_jax.core.identity.tree_digest`)."""
+    return tree_digest(tree)
 
 
 # ----------------------------------------------------------------------------- multi-host
@@ -262,32 +256,44 @@ def _sweep_key(sc, ids, mask, direction, refusal_token, cfg, params, saes, patch
         fingerprint(params),
         fingerprint(saes) if sc.kind == "laig" else [],
         fingerprint(patch),
+        ALGORITHM_VERSION,
     )
     if not _processes_agree(key):
         raise ValueError("the processes of this multi-host sweep were given different inputs")
     return key
 
 
-def _open_folder(out: Path, manifest: dict, shard_paths: list, primary: bool) -> np.ndarray:
-    """Create or reopen a sweep folder: writes the manifest on first use, refuses a folder of
-    another key; returns [1 + n_shards] int8 (key mismatch, then which shards exist), the
-    primary process's view broadcast to all."""
+def _open_folder(
+    out: Path, manifest: dict, shard_paths: list, primary: bool, key: str, force: bool
+) -> np.ndarray:
+    """Create or reopen a sweep folder: writes the manifest on first use (or when ``force``
+    takes over a folder of other inputs), refuses a folder of another key; returns
+    [1 + n_shards] int8 (key mismatch, then which shards exist and pass their checksum), the
+    primary process's view broadcast to all. A damaged or foreign shard counts as missing."""
     manifest_path = out / "manifest.json"
     status = np.zeros(len(shard_paths) + 1, np.int8)
     old_key = None
     if primary:
         (out / "shards").mkdir(parents=True, exist_ok=True)
         if manifest_path.exists():
-            old_key = read_json(manifest_path).get("key")
-            status[0] = old_key != manifest["key"]
-        else:
-            write_json_atomic(manifest_path, manifest)
-        status[1:] = [p.exists() for p in shard_paths]
+            try:
+                old_key = read_json(manifest_path).get("key")
+            except ValueError:
+                old_key = "(unreadable manifest)"
+            status[0] = old_key != key and not force
+        if not status[0]:
+            if old_key != key:  # a new folder, or --force over another sweep: all recomputed
+                write_json_atomic(manifest_path, manifest)
+            else:
+                status[1:] = [
+                    p.exists() and load_checked_arrays(p, key) is not None for p in shard_paths
+                ]
     status = _broadcast(status)
     if status[0]:
         raise ValueError(
-            f"{out} holds a sweep of other inputs or settings (key {old_key} != {manifest['key']}; "
-            "memory settings aside, everything that changes results is keyed): use a new folder"
+            f"{out} holds a sweep of other inputs or settings (key {old_key} != {key}; "
+            "memory settings aside, everything that changes results is keyed): use a new folder "
+            "or --force to recompute everything"
         )
     return status
 
@@ -317,11 +323,14 @@ def _join_halves(parts: list[dict]) -> dict:
     }
 
 
-def _merge_shards(shard_paths: list, merged_path: Path) -> dict:
-    """Merge every shard's arrays into one file (atomic) and return them."""
-    parts = [load_arrays(p) for p in shard_paths]
+def _merge_shards(shard_paths: list, merged_path: Path, key: str) -> dict:
+    """Merge every shard's arrays into one checksummed file (atomic) and return them."""
+    parts = [load_checked_arrays(p, key) for p in shard_paths]
+    if any(p is None for p in parts):
+        bad = [str(q) for q, p in zip(shard_paths, parts) if p is None]
+        raise OSError(f"sweep shards changed while merging: {', '.join(bad)}; rerun")
     merged = {k: _merge_part(k, [p[k] for p in parts]) for k in parts[0]}
-    save_arrays_atomic(merged_path, merged)
+    save_checked_arrays(merged_path, merged, key)
     return merged
 
 
@@ -342,6 +351,7 @@ def run_sweep(
     auto_shrink: bool = False,
     progress: bool = True,
     shard_fn: Callable | None = None,
+    force: bool = False,
 ) -> dict:
     """Run (or resume) a sweep; returns ``{"done": bool, "computed": [shard indices computed
     now], "n_shards": int, "results": merged arrays or None}``.
@@ -355,6 +365,9 @@ def run_sweep(
     multiple of it); params/SAEs should already be placed (:mod:`refusal_jax.core.sharding`).
     ``max_new_shards`` stops after that many newly computed shards (a deliberate interruption).
     ``shard_fn(ids, mask) -> dict`` replaces the per-shard computation (tests).
+    ``force``: a folder holding a sweep of other inputs is taken over and every shard recomputed
+    (default: refused). A damaged, truncated or foreign shard is named in a warning and
+    recomputed.
     """
     ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
     _check_sweep_inputs(ids, mask, sc, saes, direction, refusal_token, patch, mesh)
@@ -377,7 +390,9 @@ def run_sweep(
     def shard_path(i):
         return out / "shards" / f"{sc.kind}-{i:05d}.safetensors"
 
-    status = _open_folder(out, manifest, [shard_path(i) for i in range(n_shards)], primary)
+    status = _open_folder(
+        out, manifest, [shard_path(i) for i in range(n_shards)], primary, key, force
+    )
 
     def compute(b_ids, b_mask, b_patch, n_real):
         if shard_fn is not None:
@@ -433,7 +448,7 @@ def run_sweep(
             if np.asarray(v).dtype.kind == "f":
                 check_finite(v, f"sweep shard {i} ({sc.kind}): {k}")
         if primary:
-            save_arrays_atomic(shard_path(i), res)
+            save_checked_arrays(shard_path(i), res, key)
         computed.append(i)
         bar.set_postfix_str(f"{n / (time.perf_counter() - t0):.2f} prompts/s")
         bar.update(1)
@@ -441,7 +456,9 @@ def run_sweep(
     done = len(todo) == len(computed)
     merged = None
     if done and primary:
-        merged = _merge_shards([shard_path(i) for i in range(n_shards)], out / manifest["merged"])
+        merged = _merge_shards(
+            [shard_path(i) for i in range(n_shards)], out / manifest["merged"], key
+        )
         write_json_atomic(manifest_path, manifest | {"complete": True})
     return {"done": done, "computed": computed, "results": merged, "n_shards": n_shards}
 
@@ -457,19 +474,26 @@ def read_direction(path) -> np.ndarray:
 def sweep_direction(
     out, params, cfg, tokenizer, source: PromptSource, n: int, best_layer: int | None = None
 ) -> np.ndarray:
-    """The refusal direction of a sweep, [D]: cached in ``out`` (keyed by the prompt count and
-    layer), else the difference in means over the first ``n`` harmful/harmless train prompts of
+    """The refusal direction of a sweep, [D]: cached in ``out`` (checked against a key of the
+    model's full content, the prompts and the layer; a stale or damaged cache is recomputed),
+    else the difference in means over the first ``n`` harmful/harmless train prompts of
     ``source`` at ``best_layer`` (None: chosen by ablation). Multi-host: process 0 reads and
     writes the cache, every process gets the same direction."""
     out = Path(out)
     cache = out / f"direction-n{n}-layer{'auto' if best_layer is None else best_layer}.safetensors"
-    found = np.asarray([cache.exists() if is_primary() else 0], np.int8)
+    harm_prompts = source.split("harmful_train")[:n]
+    safe_prompts = source.split("harmless_train")[:n]
+    cfg_key = cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg)
+    key = content_key(
+        fingerprint(params), cfg_key, harm_prompts, safe_prompts, best_layer, ALGORITHM_VERSION
+    )
+    got = load_checked_arrays(cache, key) if is_primary() and cache.exists() else None
+    found = np.asarray([got is not None], np.int8)
     if _broadcast(found)[0]:
-        d = load_arrays(cache)["direction"] if is_primary() else np.zeros(cfg.d_model, np.float32)
+        d = got["direction"] if is_primary() else np.zeros(cfg.d_model, np.float32)
         return _broadcast(np.asarray(d, np.float32))
     encode = lambda xs: encode_prompts(tokenizer, xs, max_length=cfg.max_position_embeddings)
-    harm = encode(source.split("harmful_train")[:n])
-    safe = encode(source.split("harmless_train")[:n])
+    harm, safe = encode(harm_prompts), encode(safe_prompts)
     dirs = np.asarray(to_host(refusal_directions(params, cfg, harm, safe)[0]))
     if best_layer is None:
         best_layer, _ = choose_best_layer(params, cfg, dirs, *harm, refusal_token(tokenizer))
@@ -477,7 +501,7 @@ def sweep_direction(
     check_direction(d, cfg.d_model, f"sweep refusal direction at layer {best_layer}")
     if is_primary():
         out.mkdir(parents=True, exist_ok=True)
-        save_arrays_atomic(cache, {"direction": d, "layer": np.int64(best_layer)})
+        save_checked_arrays(cache, {"direction": d, "layer": np.int64(best_layer)}, key)
     return d
 
 

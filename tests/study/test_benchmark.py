@@ -116,7 +116,7 @@ def test_resume_reuses_the_cache_and_adds_the_classifier(runs, tmp_path, monkeyp
             assert {k: row[k] for k in res["jailbreak"][d][m]} == res["jailbreak"][d][m]
             files = list((folder / "cache").glob(f"responses-{d}-{m}-*.json"))
             assert len(files) == 1
-            cached = json.loads(files[0].read_text())
+            cached = json.loads(files[0].read_text())["value"]  # checksummed entry
             direct = judge(cached["prompts"], cached["responses"])
             assert row["classifier_harmful_rate"] == pytest.approx(float(np.mean(direct)))
     # Verdicts are cached too: a third run does not call the classifier.

@@ -1,11 +1,8 @@
 """Run-folder plumbing: content keys, the safetensors/JSON cache, atomic writes, --resume."""
 
-import argparse
-
 import numpy as np
 import pytest
 
-from refusal_jax.cli.common import add_run_arguments, run_folder
 from refusal_jax.core.io import load_arrays, read_json, save_arrays_atomic, write_json_atomic
 from refusal_jax.study.runs import Cache, content_key
 
@@ -49,14 +46,3 @@ def test_atomic_writers_roundtrip(tmp_path):
     assert read_json(tmp_path / "r.json") == {"v": [0, 1, 2], "s": "x"}
     save_arrays_atomic(tmp_path / "a.safetensors", {"w": np.eye(2, dtype=np.float32)})
     np.testing.assert_array_equal(load_arrays(tmp_path / "a.safetensors")["w"], np.eye(2))
-
-
-def test_run_folder_new_and_resume(tmp_path):
-    p = argparse.ArgumentParser()
-    add_run_arguments(p)
-    folder = run_folder(p.parse_args(["--out", str(tmp_path), "--seed", "3"]), "bench")
-    assert folder.is_dir() and folder.name.startswith("bench-seed3-")
-    again = run_folder(p.parse_args(["--resume", str(folder)]), "bench")
-    assert again == folder
-    with pytest.raises(FileNotFoundError, match="no such run folder"):
-        run_folder(p.parse_args(["--resume", str(tmp_path / "missing")]), "bench")
