@@ -21,6 +21,7 @@ from refusal_jax.cli.common import add_subject_arguments, subject_from_args
 from refusal_jax.core.sharding import DATA, initialize_multihost, is_primary, make_mesh
 from refusal_jax.method.judges import refusal_token
 from refusal_jax.method.prompts import encode_prompts
+from refusal_jax.study.pipeline import PipelineConfig, pipeline_positions
 from refusal_jax.study.sweep import (
     KINDS,
     SweepConfig,
@@ -93,7 +94,9 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
         kind=args.kind,
         shard_size=args.shard_size,
         n_steps=args.n_steps,
-        skip_positions=subject.skip_positions,
+        skip_positions=pipeline_positions(
+            PipelineConfig(skip_positions=subject.skip_positions), subject.tokenizer
+        ),
         per_prompt=not args.sum_only,
         max_new_tokens=args.max_new_tokens,
         trim_padding=args.trim_padding,

@@ -99,7 +99,9 @@ class Subject:
     # A harmful-prompt response counts as a jailbreak when it is no refusal and, if given, opens
     # with one of these (the organism's helpful openers).
     compliance_prefixes: tuple[str, ...] | None
-    skip_positions: int = 1
+    # LA-IG / act position rule (PipelineConfig.skip_positions): 1 (BOS) on the organism,
+    # "content" (special tokens and the chat template's constant prefix excluded) on real models
+    skip_positions: int | str = 1
     # F0: candidate features per layer (the paper's 10; 40 on the organism, see ORGANISM_METHOD)
     n_candidates: int = 10
 
@@ -125,7 +127,7 @@ def load_subject(
     sae_width: str | None = None,
     target_l0: float = 100.0,
     data_dir=None,
-    skip_positions: int | None = None,
+    skip_positions: int | str | None = None,
     with_saes: bool = True,
     mesh=None,
     dtype=None,
@@ -133,7 +135,8 @@ def load_subject(
     """The organism (no ``model_dir``; ``sae_dir`` defaults to its committed SAEs) or a converted
     or Hugging Face model folder with ``sae_dir``. With a ``mesh`` the parameters and SAEs are
     placed on their shards while they load; ``dtype`` casts both."""
-    skip = 1 if skip_positions is None else skip_positions
+    default_skip = 1 if model_dir is None else "content"
+    skip = default_skip if skip_positions is None else skip_positions
     if model_dir is not None:
         if with_saes and not sae_dir:
             raise ValueError("a model folder needs its SAEs (sae_dir / --sae-dir)")
