@@ -163,7 +163,7 @@ def _cmd_train(args) -> int:
             params, model_cfg, (ids[tr], mask[tr]), _layers(args.layers), args.batch_size,
             seqs_per_step=args.seqs_per_step, seed=args.seed, positions=positions,
             exclude=not args.no_exclude, outlier_factor=outlier,
-            eval_tokens=(ids[np.sort(ev)], mask[np.sort(ev)]),
+            eval_tokens=(ids[np.sort(ev)], mask[np.sort(ev)]), reuse=args.reuse,
         )  # fmt: skip
         model = (params, model_cfg, ids[np.sort(ev)], mask[np.sort(ev)])
     out = Path(args.out)
@@ -248,6 +248,9 @@ def add_sae_commands(subparsers) -> None:
     src.add_argument("--context", type=int, default=256, help="--text window length (tokens)")
     src.add_argument("--layers", default=None, help="comma-separated resid_post layers")
     src.add_argument("--seqs-per-step", type=int, default=8)
+    src.add_argument(
+        "--reuse", type=int, default=1, help="steps drawing from one forward pass (model runs)"
+    )
     src.add_argument(
         "--eval-seqs",
         type=int,

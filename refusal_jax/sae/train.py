@@ -225,7 +225,9 @@ class ModelSource:
     outlier_factor: tokens whose norm exceeds this x the step's median (per layer) are left out
       and counted (``last_counts``); None or 0 keeps them.
     Each step keeps the training tokens of its sequences (per-epoch permutation) and draws
-    ``batch_size`` of them (seeded by (seed, step)). ``eval_tokens``: held-out (ids, mask) for
+    ``batch_size`` of them (seeded by (seed, step)); with ``reuse`` r, steps s of one group
+    s // r share a forward pass (r times fewer model runs; the model always runs only up to the
+    deepest requested layer). ``eval_tokens``: held-out (ids, mask) for
     :meth:`eval_batch` (default: ``n_eval_seqs`` sequences of ``tokens``).
     """
 
@@ -244,6 +246,7 @@ class ModelSource:
         outlier_factor: float | None = 10.0,
         eval_tokens=None,
         n_eval_seqs: int = 32,
+        reuse: int = 1,
     ):
 
         self._forward = forward
@@ -265,7 +268,22 @@ class ModelSource:
                 )
         self.positions, self.exclude, self.outlier_factor = positions, bool(exclude), outlier_factor
         self.eval_tokens, self.n_eval_seqs = eval_tokens, int(n_eval_seqs)
+        if reuse < 1:
+            raise ValueError(f"reuse must be >= 1, got {reuse}")
+        self.reuse = int(reuse)
         self.last_counts: dict = {}
+        self._cache = None
+        # the model runs only up to the deepest requested layer (logits at the last position)
+        top = max(self.layers) + 1
+        self._run_cfg = dataclasses.replace(
+            model_cfg,
+            n_layers=top,
+            sliding_layers=tuple(model_cfg.sliding_layers[:top]),
+        )
+        self._run_params = {
+            **params,
+            "layers": jax.tree.map(lambda a: a[:top], params["layers"]),
+        }
 
     def describe(self) -> dict:
         return {
@@ -285,14 +303,18 @@ class ModelSource:
 
     def _resid(self, ids, mask) -> np.ndarray:
         out = self._forward(
-            self.params, self.model_cfg, jnp.asarray(ids), jnp.asarray(mask), return_residuals=True
-        )
+            self._run_params, self._run_cfg, jnp.asarray(ids), jnp.asarray(mask),
+            return_residuals=True, last_logits_only=True,
+        )  # fmt: skip
         resid = np.asarray(out.resid_post[np.asarray(self.layers)], np.float32)  # [L, b, T, d]
         return resid.reshape(self.n_layers, -1, self.d_in)
 
     def batch(self, step: int) -> np.ndarray:
-        ids, mask = self.token_batch(step)
-        resid = self._resid(ids, mask)
+        group = step // self.reuse  # ``reuse`` steps draw from one forward pass
+        if self._cache is None or self._cache[0] != group:
+            ids, mask = self.token_batch(group)
+            self._cache = (group, ids, mask, self._resid(ids, mask))
+        _, ids, mask, resid = self._cache
         real = np.asarray(mask).reshape(-1).astype(bool)
         content = np.asarray(self.positions.mask(ids, mask)).reshape(-1)
         valid = np.flatnonzero(content if self.exclude else real)

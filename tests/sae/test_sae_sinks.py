@@ -106,3 +106,43 @@ def test_group_metrics_against_numpy():
     np.testing.assert_allclose(
         m["content"]["variance_share"] + m["excluded"]["variance_share"], 1.0, rtol=1e-5
     )
+
+
+def test_model_source_rule_truncation_and_reuse():
+    import dataclasses
+
+    import jax
+
+    from refusal_jax.core.config import ModelConfig
+    from refusal_jax.core.model import forward, init_params
+
+    cfg = ModelConfig(
+        family="llama", vocab_size=64, d_model=16, n_layers=3, n_heads=2, n_kv_heads=1,
+        head_dim=8, d_mlp=32, max_position_embeddings=64, bos_token_id=1,
+    )  # fmt: skip
+    params = init_params(cfg, jax.random.PRNGKey(0), scale=0.3)
+    r = np.random.default_rng(0)
+    ids = r.integers(2, 64, (12, 10)).astype(np.int32)
+    ids[:, :3] = [1, 7, 9]  # BOS and a constant "template" prefix
+    ids[:, 6] = 1  # a special token inside the content
+    mask = np.ones_like(ids)
+    mask[::3, :1] = 0  # left padding on some rows (their prefix starts one later)
+    ids[::3, 1:4] = [1, 7, 9]
+    src = sae_train.ModelSource(params, cfg, (ids, mask), layers=[1], batch_size=32,
+                                seqs_per_step=4, reuse=2)  # fmt: skip
+    assert src.positions.prefix_length == 3 and 1 in src.positions.special_ids
+    assert src._run_cfg.n_layers == 2  # the model runs up to layer 1 only
+    x0 = src.batch(0)
+    c = src.last_counts
+    seq_ids, seq_mask = src.token_batch(0)
+    want_excl = int(seq_mask.sum() - np.asarray(src.positions.mask(seq_ids, seq_mask)).sum())
+    assert c["excluded_positions"] == want_excl and c["excluded_positions"] >= 4 * 4
+    # step 1 shares step 0's forward pass (reuse 2); its draw differs
+    assert src._cache[0] == 0 and src.batch(1).shape == x0.shape and src._cache[0] == 0
+    # truncated activations equal the full model's
+    full = forward(params, cfg, seq_ids, seq_mask, return_residuals=True).resid_post[1]
+    keep = np.asarray(src.positions.mask(seq_ids, seq_mask)).reshape(-1)
+    pool = np.asarray(full).reshape(-1, 16)[keep]
+    d = np.abs(x0[0][:, None, :] - pool[None]).max(-1).min(1)  # every row is a content row
+    assert d.max() < 1e-5
+    assert dataclasses.asdict(src._run_cfg)["n_layers"] == 2
