@@ -182,7 +182,10 @@ def _cmd_train(args) -> int:
         metrics = {k: float(v) for k, v in sae_train.reconstruction_metrics(sae, x).items()}
         if model is not None:
             params, model_cfg, ids, mask = model
-            metrics.update(sae_train.ce_loss_recovered(params, model_cfg, sae, layer, ids, mask))
+            ce = sae_train.ce_loss_recovered
+            metrics.update(ce(params, model_cfg, sae, layer, ids, mask, source.positions))
+            every = ce(params, model_cfg, sae, layer, ids, mask)  # also at the sinks
+            metrics["recovered_all_positions"] = every["recovered"]
         if res.eval:
             metrics["groups"] = res.eval[i]
         hook = f"blocks.{layer}.hook_resid_post"

@@ -950,15 +950,33 @@ def _ce_three_ways(params, model_cfg, patch, zero_patch, ids, mask):
     return ce(None), ce(patch), ce(zero_patch)
 
 
-def ce_loss_recovered(params, model_cfg, sae: SAE, layer: int, ids, mask) -> dict:
+@struct.dataclass
+class OnPositions:
+    """Patch applying ``inner`` only where ``where`` [B, T] is set (elsewhere x passes)."""
+
+    inner: object
+    where: jax.Array
+
+    def __call__(self, x, layer, ctx):
+        return jnp.where(self.where[..., None], self.inner(x, layer, ctx), x)
+
+
+def ce_loss_recovered(
+    params, model_cfg, sae: SAE, layer: int, ids, mask, positions: ContentPositions | None = None
+) -> dict:
     """CE loss with the SAE spliced into resid_post of ``layer`` (error term removed).
 
     Returns ce_clean, ce_spliced, ce_zero (resid_post zeroed at that layer) and
-    recovered = (ce_zero - ce_spliced) / (ce_zero - ce_clean).
+    recovered = (ce_zero - ce_spliced) / (ce_zero - ce_clean). With ``positions`` (the content
+    rule the SAE was trained with) the splice and the zeroing touch only content positions
+    (an SAE trained without the sinks is not meant to reconstruct them).
     """
     patch = sae_lib.splice_patch({int(layer): sae}, model_cfg.n_layers)
     zero = sae_lib.ZeroAblate(patch.layer_mask)
     ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+    if positions is not None:
+        where = positions.mask(ids, mask)
+        patch, zero = OnPositions(patch, where), OnPositions(zero, where)
     clean, spliced, zeroed = (
         float(v) for v in _ce_three_ways(params, model_cfg, patch, zero, ids, mask)
     )
@@ -966,5 +984,5 @@ def ce_loss_recovered(params, model_cfg, sae: SAE, layer: int, ids, mask) -> dic
         "ce_clean": clean,
         "ce_spliced": spliced,
         "ce_zero": zeroed,
-        "recovered": (zeroed - spliced) / (zeroed - clean),
+        "recovered": (zeroed - spliced) / (zeroed - clean) if zeroed != clean else float("nan"),
     }

@@ -44,7 +44,7 @@ def test_smollm2_train_sae_content_and_demo(tmp_path, monkeypatch):
         "train-sae", "--model-dir", str(model), "--prompts", str(prompts), "--layers", str(LAYER),
         "--out", str(sae_dir), "--architecture", "batchtopk", "--k", "16", "--d-sae", "512",
         "--steps", "60", "--batch-size", "512", "--lr", "2e-3", "--lr-warmup", "5",
-        "--seqs-per-step", "16", "--eval-seqs", "16", "--checkpoint-every", "1000",
+        "--seqs-per-step", "16", "--reuse", "4", "--eval-seqs", "16", "--checkpoint-every", "1000",
     ]  # fmt: skip
     assert cli_main(argv) == 0
     t_train = time.perf_counter() - t0

@@ -146,3 +146,29 @@ def test_model_source_rule_truncation_and_reuse():
     d = np.abs(x0[0][:, None, :] - pool[None]).max(-1).min(1)  # every row is a content row
     assert d.max() < 1e-5
     assert dataclasses.asdict(src._run_cfg)["n_layers"] == 2
+
+
+def test_ce_recovered_on_content_positions_only():
+    import jax
+
+    from refusal_jax.core.config import ModelConfig
+    from refusal_jax.core.model import init_params
+    from refusal_jax.core.positions import ContentPositions
+    from refusal_jax.sae import zeros
+
+    cfg = ModelConfig(
+        family="llama", vocab_size=64, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1,
+        head_dim=8, d_mlp=32, max_position_embeddings=64,
+    )  # fmt: skip
+    params = init_params(cfg, jax.random.PRNGKey(1), scale=0.3)
+    ids = np.random.default_rng(1).integers(0, 64, (4, 8)).astype(np.int32)
+    mask = np.ones_like(ids)
+    sae = zeros(sae_train.TrainConfig(architecture="topk", d_sae=8, k=2).sae_config(16))
+    full = sae_train.ce_loss_recovered(params, cfg, sae, 0, ids, mask)
+    assert full["ce_spliced"] != pytest.approx(full["ce_clean"])
+    # a rule that marks nothing as content: the splice changes nothing
+    none = ContentPositions(prefix_length=99)
+    out = sae_train.ce_loss_recovered(params, cfg, sae, 0, ids, mask, none)
+    assert out["ce_spliced"] == pytest.approx(out["ce_clean"], abs=1e-6)
+    part = sae_train.ce_loss_recovered(params, cfg, sae, 0, ids, mask, ContentPositions((), 4))
+    assert part["ce_spliced"] != pytest.approx(full["ce_spliced"])
