@@ -94,7 +94,9 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
         kind=args.kind,
         shard_size=args.shard_size,
         n_steps=args.n_steps,
-        skip_positions=pipeline_positions(
+        skip_positions=subject.skip_positions
+        if isinstance(subject.skip_positions, int)  # keeps the sweep key of int settings
+        else pipeline_positions(
             PipelineConfig(skip_positions=subject.skip_positions), subject.tokenizer
         ),
         per_prompt=not args.sum_only,
