@@ -141,6 +141,12 @@ def _cmd_train(args) -> int:
         content = None
         if args.content_mask:
             content = np.load(args.content_mask, allow_pickle=False)
+        else:
+            print(
+                "note: stored activations without --content-mask: special/prefix positions "
+                "cannot be told apart; only norm outliers are left out",
+                file=sys.stderr,
+            )
         source = sae_train.ArraySource(
             acts, args.batch_size, seed=args.seed, layers=layers, content=content,
             exclude=not args.no_exclude, outlier_factor=outlier,
