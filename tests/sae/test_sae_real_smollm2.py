@@ -24,7 +24,8 @@ LAYER = 15  # of 30
 # specials {0, 1, 2}; 40776 training tokens seen, 24960 excluded positions, 0 norm outliers;
 # content FVU 0.331, L0 16.5, cos 0.925, alive 0.93; excluded FVU 0.826 holding 99% of the
 # variance; CE recovered 0.917 (content positions; -0.26 when spliced at the sinks too).
-# train-sae 419 s wall (~1 min CPU), with the demo 1119 s wall (4.5 min CPU).
+# train-sae 419 s wall (~1 min CPU), with the demo 1119 s wall (4.5 min CPU); at load ~5: 187 s
+# and 468 s wall (4.4 min CPU), the same numbers.
 
 
 @pytest.mark.slow
