@@ -45,7 +45,7 @@ from refusal_jax.method.prompts import decode_responses, encode_prompts, generat
 from refusal_jax.study import data
 from refusal_jax.study import jailbreaks as jb
 from refusal_jax.study.benchmark import cached_prepare
-from refusal_jax.study.pipeline import PipelineConfig
+from refusal_jax.study.pipeline import PipelineConfig, pipeline_positions
 from refusal_jax.study.runs import content_key
 from refusal_jax.study.subject import PromptSource
 
@@ -201,7 +201,8 @@ def main(argv=None) -> dict:
             )
         },
     )["a"]
-    start = jb.first_strong_position(attr, plain_enc[1], skip_first=subject.skip_positions)
+    skip_first = pipeline_positions(pc, tok).prefix_length  # int, or the template prefix
+    start = jb.first_strong_position(attr, plain_enc[1], skip_first=skip_first)
     suf = jb.suffix_analysis(
         params, cfg, saes, harm, ref, plain_enc, enc([g + s for g, s in zip(goals_k, app_k)]),
         start, clamp,

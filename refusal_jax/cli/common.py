@@ -88,6 +88,15 @@ def check_args(args: argparse.Namespace, subject: Subject | None = None) -> None
                     )
 
 
+def _skip_positions(text: str) -> int | str:
+    if text == "content":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or 'content', got {text!r}") from None
+
+
 def add_subject_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", help="converted (python -m ports.hf) or HF model folder")
     p.add_argument("--sae-dir", help="per-layer SAE folder (GemmaScope tree, SAELens, ...)")
@@ -102,9 +111,11 @@ def add_subject_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--skip-positions",
-        type=int,
+        type=_skip_positions,
         default=None,
-        help="positions after padding excluded from attribution (default 1: BOS)",
+        help="positions left out of the LA-IG mean and the act baseline: an int n (the first n "
+        "tokens) or 'content' (special tokens and the chat template's constant prefix); "
+        "default 'content' with --model-dir, 1 (BOS) on the organism",
     )
 
 

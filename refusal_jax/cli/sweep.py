@@ -22,6 +22,7 @@ from refusal_jax.core.errors import ArgumentParser, check_direction, run_cli
 from refusal_jax.core.sharding import DATA, initialize_multihost, is_primary, make_mesh
 from refusal_jax.method.judges import refusal_token
 from refusal_jax.method.prompts import encode_prompts
+from refusal_jax.study.pipeline import PipelineConfig, pipeline_positions
 from refusal_jax.study.sweep import (
     KINDS,
     SweepConfig,
@@ -99,7 +100,11 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
         kind=args.kind,
         shard_size=args.shard_size,
         n_steps=args.n_steps,
-        skip_positions=subject.skip_positions,
+        skip_positions=subject.skip_positions
+        if isinstance(subject.skip_positions, int)  # keeps the sweep key of int settings
+        else pipeline_positions(
+            PipelineConfig(skip_positions=subject.skip_positions), subject.tokenizer
+        ),
         per_prompt=not args.sum_only,
         max_new_tokens=args.max_new_tokens,
         trim_padding=args.trim_padding,

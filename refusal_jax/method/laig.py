@@ -30,8 +30,9 @@ from flax import struct
 from refusal_jax import sae as sae_lib
 from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.errors import check_direction
-from refusal_jax.core.model import check_inputs, forward_fn, n_embeddings, positions_from_mask
+from refusal_jax.core.model import check_inputs, forward_fn, n_embeddings
 from refusal_jax.core.patches import Identity
+from refusal_jax.core.positions import ContentPositions
 from refusal_jax.method.features import FeatureSet
 from refusal_jax.method.interventions import Interpolate, ablate_direction, unit
 
@@ -226,10 +227,14 @@ def la_ig(
     )
 
 
-def position_weights(mask, skip: int = 1) -> jax.Array:
-    """[B, T] float: 1 on real tokens at position >= ``skip`` (skip BOS / a system header)."""
-    mask = jnp.asarray(mask)
-    return ((positions_from_mask(mask) >= skip) & mask.astype(bool)).astype(jnp.float32)
+def position_weights(mask, skip: int = 1, *, ids=None, positions=None) -> jax.Array:
+    """[B, T] float: 1 on the content positions of :mod:`refusal_jax.core.positions`.
+
+    ``positions`` (a :class:`~refusal_jax.core.positions.ContentPositions`, needs ``ids``
+    [B, T] when it has special ids) overrides ``skip``; without it, real tokens at position
+    >= ``skip`` (the legacy rule ``ContentPositions(prefix_length=skip)``: skip BOS)."""
+    rule = ContentPositions(prefix_length=skip) if positions is None else positions
+    return rule.mask(ids, mask).astype(jnp.float32)
 
 
 def _decoder_grad(sae_l, g):

@@ -115,18 +115,25 @@ def _max_acts(saes, resid_post, mask):
     def one_layer(args):
         layer, x = args
         f = sae_lib.encode(sae_lib.sae_layer(saes, layer), x)  # [B, T, S]
-        f = jnp.where(mask[..., None].astype(bool), f, -jnp.inf)
-        return f.max(axis=1)  # [B, S]
+        f = jnp.where(mask[..., None].astype(bool), f, -jnp.inf).max(axis=1)  # [B, S]
+        return jnp.where(jnp.isfinite(f), f, 0.0)  # a row without content positions: 0
 
     return jax.lax.map(one_layer, (jnp.arange(resid_post.shape[0]), resid_post))
 
 
-def max_activation_means(params, cfg, saes, ids, mask, batch_size: int = 16) -> jax.Array:
-    """Mean over prompts of each feature's max activation over (non-pad) positions: [L, S]."""
+def max_activation_means(
+    params, cfg, saes, ids, mask, batch_size: int = 16, positions=None
+) -> jax.Array:
+    """Mean over prompts of each feature's max activation over positions: [L, S].
+
+    positions: a :class:`refusal_jax.core.positions.ContentPositions` (the max is taken over
+    its content positions only, so sinks such as BOS cannot win it); None: every real token."""
+
     total, count = None, 0
     for b_ids, b_mask, n in batches(ids, mask, batch_size):
         resid = forward(params, cfg, b_ids, b_mask, return_residuals=True).resid_post
-        m = _max_acts(saes, resid, b_mask)[:, :n].sum(axis=1)
+        where = b_mask if positions is None else positions.mask(b_ids, b_mask)
+        m = _max_acts(saes, resid, where)[:, :n].sum(axis=1)
         total = m if total is None else total + m
         count += n
     return total / count

@@ -38,6 +38,7 @@ from ports.sae import load_saes, save_gemmascope
 from refusal_jax.core.batching import batches
 from refusal_jax.core.errors import ArgumentParser, run_cli
 from refusal_jax.core.model import forward
+from refusal_jax.core.positions import ContentPositions
 from refusal_jax.method.prompts import chat_texts, encode_prompts
 from refusal_jax.organism import ARTIFACTS, load_organism, organism_corpus
 from refusal_jax.sae import fold_b_dec_into_b_enc, fold_input_scale, stack_saes
@@ -92,6 +93,9 @@ class Stage:
 # more data, a lower LR decaying to 0 and k = 30 (features keep their identities; held-out FVU
 # 0.097-0.106 -> about 0.08-0.09, mean L0 just under 32).
 STAGES = (Stage(), Stage(k=30, steps=1200, lr=3e-4, lr_decay_fraction=0.5, n_sequences=8000))
+# The committed organism SAEs were trained on every real token (its sinks are mild): kept as
+# the recipe, so a retrain reproduces them.
+ORGANISM_POSITIONS = ContentPositions()
 
 
 def train_organism_saes(
@@ -122,7 +126,7 @@ def train_organism_saes(
         ids, mask = corpus_tokens(tok, "train", st.n_sequences, seed, corpus)
         source = sae_train.ModelSource(
             params, cfg, (ids, mask), range(cfg.n_layers), batch_tokens, seqs_per_step=32,
-            seed=seed,
+            seed=seed, positions=ORGANISM_POSITIONS, outlier_factor=None,
         )  # fmt: skip
         tcfg = sae_train.TrainConfig(
             architecture="batchtopk",

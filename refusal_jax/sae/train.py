@@ -52,6 +52,7 @@ from refusal_jax.core.identity import (
 )
 from refusal_jax.core.losses import next_token_ce
 from refusal_jax.core.model import forward, forward_fn
+from refusal_jax.core.positions import ContentPositions, content_positions
 from refusal_jax.sae import SAE, SAEConfig
 
 
@@ -108,13 +109,58 @@ def _epoch_index(seed: int, step: int, batch: int, n: int) -> np.ndarray:
     return np.asarray(out)
 
 
+GROUP_NAMES = ("all", "content", "excluded")
+# Per-token group labels of an evaluation set: 1 content, 0 excluded by the position rule
+# (special tokens, template prefix), 2 norm outlier (norm > outlier_factor x median).
+CONTENT, EXCLUDED_POSITION, OUTLIER = 1, 0, 2
+
+
+def _outliers(x, factor) -> np.ndarray:
+    """[L, n] bool: rows whose norm exceeds ``factor`` x the layer's median norm."""
+    norms = np.linalg.norm(x, axis=-1)
+    if factor is None or factor <= 0 or norms.shape[1] == 0:
+        return np.zeros(norms.shape, bool)
+    return norms > float(factor) * np.median(norms, axis=1, keepdims=True)
+
+
+def _replace_outliers(x, out, rng) -> np.ndarray:
+    """x [L, B, d] with the outlier rows of each layer replaced by non-outlier rows of the same
+    layer (drawn with ``rng``), so the batch keeps its shape."""
+    if not out.any():
+        return x
+    x = x.copy()
+    for layer in np.flatnonzero(out.any(1)):
+        ok = np.flatnonzero(~out[layer])
+        if ok.size == 0:
+            raise ValueError(f"layer {layer}: every token of the batch is a norm outlier")
+        bad = np.flatnonzero(out[layer])
+        x[layer, bad] = x[layer, rng.choice(ok, bad.size)]
+    return x
+
+
 class ArraySource:
     """Stored activations: ``acts`` [N, d] (one layer) or [L, N, d] (a stack of layers).
 
-    Batch ``step`` is a slice of a per-epoch random permutation (seeded by (seed, epoch)).
+    Batch ``step`` is a slice of a per-epoch random permutation (seeded by (seed, epoch)) of the
+    training rows: every row, or with ``content`` ([N] bool, True on content tokens, e.g. from
+    :meth:`refusal_jax.core.positions.ContentPositions.mask`) and ``exclude`` only the content
+    rows. Rows whose norm exceeds ``outlier_factor`` x the batch median (per layer) are replaced
+    by other rows of the batch and counted in ``last_counts`` (None or 0: kept).
+    :meth:`eval_batch` is a fixed sample of up to ``n_eval`` rows of every group.
     """
 
-    def __init__(self, acts, batch_size: int, seed: int = 0, layers=None):
+    def __init__(
+        self,
+        acts,
+        batch_size: int,
+        seed: int = 0,
+        layers=None,
+        *,
+        content=None,
+        exclude: bool = True,
+        outlier_factor: float | None = 10.0,
+        n_eval: int = 4096,
+    ):
         acts = np.asarray(acts)
         if acts.ndim == 2:
             acts = acts[None]
@@ -123,10 +169,55 @@ class ArraySource:
         self.acts, self.batch_size, self.seed = acts, int(batch_size), int(seed)
         self.n_layers, self.d_in = acts.shape[0], acts.shape[2]
         self.layers = list(range(self.n_layers)) if layers is None else list(layers)
+        n = acts.shape[1]
+        if content is not None:
+            content = np.asarray(content).astype(bool).reshape(-1)
+            if content.shape[0] != n:
+                raise ValueError(f"content mask has {content.shape[0]} rows for {n} activations")
+        self.content = content
+        self.exclude, self.outlier_factor, self.n_eval = bool(exclude), outlier_factor, n_eval
+        if content is not None and exclude:
+            self.rows = np.flatnonzero(content)
+            if self.rows.size == 0:
+                raise ValueError("the content mask marks no activation as content")
+        else:
+            self.rows = None
+        self.last_counts: dict = {}
+
+    def describe(self) -> dict:
+        """What the training data are and which tokens are left out."""
+        n = self.acts.shape[1]
+        n_content = n if self.content is None else int(self.content.sum())
+        return {
+            "source": "activations",
+            "n_tokens": int(n),
+            "n_content": n_content,
+            "positions_known": self.content is not None,
+            "exclude_positions": self.exclude,
+            "outlier_factor": self.outlier_factor,
+        }
 
     def batch(self, step: int) -> np.ndarray:
-        idx = _epoch_index(self.seed, step, self.batch_size, self.acts.shape[1])
-        return np.asarray(self.acts[:, idx], np.float32)
+        n = self.acts.shape[1] if self.rows is None else self.rows.size
+        idx = _epoch_index(self.seed, step, self.batch_size, n)
+        if self.rows is not None:
+            idx = self.rows[idx]
+        x = np.asarray(self.acts[:, idx], np.float32)
+        out = _outliers(x, self.outlier_factor)
+        self.last_counts = {"tokens": int(idx.size), "outliers": out.sum(1).tolist()}
+        return _replace_outliers(x, out, np.random.default_rng([self.seed, step, 2]))
+
+    def eval_batch(self):
+        """(x [L, n, d], groups [L, n] int8: 1 content, 0 excluded position, 2 outlier,
+        positions [n] int: -1, unknown for stored activations)."""
+        n = self.acts.shape[1]
+        rng = np.random.default_rng([self.seed, 7])
+        idx = np.sort(rng.choice(n, min(n, self.n_eval), replace=False))
+        x = np.asarray(self.acts[:, idx], np.float32)
+        content = np.ones(idx.size, bool) if self.content is None else self.content[idx]
+        groups = np.broadcast_to(np.where(content, CONTENT, EXCLUDED_POSITION), x.shape[:2])
+        groups = np.where(_outliers(x, self.outlier_factor), OUTLIER, groups).astype(np.int8)
+        return x, groups, np.full(idx.size, -1)
 
     def describe_inputs(self) -> dict:
         """What the batches are made from (all bytes of the activations), for the checkpoint
@@ -135,12 +226,23 @@ class ArraySource:
 
 
 class ModelSource:
-    """resid_post activations at ``layers``, computed from token batches with the model.
+    """resid_post activations at ``layers``, computed from token batches with the model and
+    streamed: each step runs the model on ``seqs_per_step`` sequences only.
 
     tokens: (ids [N, T], mask [N, T]) arrays of left-padded sequences, or a callable
       ``step -> (ids, mask)`` that is a pure function of the step.
-    Each step runs the model on ``seqs_per_step`` sequences (per-epoch permutation), keeps the
-    non-pad tokens and draws ``batch_size`` of them (seeded by (seed, step)).
+    positions: the content rule (:class:`refusal_jax.core.positions.ContentPositions`); None:
+      the model config's special ids (BOS/EOS/pad) and the prefix every sequence of ``tokens``
+      shares (:func:`refusal_jax.core.positions.content_positions` with ``prefix="data"``).
+    exclude: train on content tokens only (default); False trains on every real token (the
+      metrics still report the content and excluded groups apart).
+    outlier_factor: tokens whose norm exceeds this x the step's median (per layer) are left out
+      and counted (``last_counts``); None or 0 keeps them.
+    Each step keeps the training tokens of its sequences (per-epoch permutation) and draws
+    ``batch_size`` of them (seeded by (seed, step)); with ``reuse`` r, steps s of one group
+    s // r share a forward pass (r times fewer model runs; the model always runs only up to the
+    deepest requested layer). ``eval_tokens``: held-out (ids, mask) for
+    :meth:`eval_batch` (default: ``n_eval_seqs`` sequences of ``tokens``).
     """
 
     def __init__(
@@ -152,6 +254,13 @@ class ModelSource:
         batch_size: int,
         seqs_per_step: int = 8,
         seed: int = 0,
+        *,
+        positions: ContentPositions | None = None,
+        exclude: bool = True,
+        outlier_factor: float | None = 10.0,
+        eval_tokens=None,
+        n_eval_seqs: int = 32,
+        reuse: int = 1,
     ):
 
         self._forward = forward
@@ -163,6 +272,41 @@ class ModelSource:
         self.tokens, self.batch_size = tokens, int(batch_size)
         self.seqs_per_step, self.seed = int(seqs_per_step), int(seed)
         self.n_layers, self.d_in = len(self.layers), model_cfg.d_model
+        if positions is None:
+            if callable(tokens):
+                positions = content_positions(model_cfg=model_cfg, prefix="none")
+            else:
+                ids, mask = (np.asarray(a) for a in tokens)
+                positions = content_positions(
+                    model_cfg=model_cfg, prefix="data", ids=ids, mask=mask
+                )
+        self.positions, self.exclude, self.outlier_factor = positions, bool(exclude), outlier_factor
+        self.eval_tokens, self.n_eval_seqs = eval_tokens, int(n_eval_seqs)
+        if reuse < 1:
+            raise ValueError(f"reuse must be >= 1, got {reuse}")
+        self.reuse = int(reuse)
+        self.last_counts: dict = {}
+        self._cache = None
+        # the model runs only up to the deepest requested layer (logits at the last position)
+        top = max(self.layers) + 1
+        self._run_cfg = dataclasses.replace(
+            model_cfg,
+            n_layers=top,
+            sliding_layers=tuple(model_cfg.sliding_layers[:top]),
+        )
+        self._run_params = {
+            **params,
+            "layers": jax.tree.map(lambda a: a[:top], params["layers"]),
+        }
+
+    def describe(self) -> dict:
+        return {
+            "source": "model",
+            "layers": self.layers,
+            "content_rule": self.positions.describe(),
+            "exclude_positions": self.exclude,
+            "outlier_factor": self.outlier_factor,
+        }
 
     def token_batch(self, step: int):
         if callable(self.tokens):
@@ -179,18 +323,76 @@ class ModelSource:
             out["tokens"] = describe_tree(tuple(np.asarray(a) for a in self.tokens), "tokens")
         return out
 
-    def batch(self, step: int) -> np.ndarray:
-        ids, mask = self.token_batch(step)
+    def _resid(self, ids, mask) -> np.ndarray:
         out = self._forward(
-            self.params, self.model_cfg, jnp.asarray(ids), jnp.asarray(mask), return_residuals=True
-        )
+            self._run_params, self._run_cfg, jnp.asarray(ids), jnp.asarray(mask),
+            return_residuals=True, last_logits_only=True,
+        )  # fmt: skip
         resid = np.asarray(out.resid_post[np.asarray(self.layers)], np.float32)  # [L, b, T, d]
-        valid = np.flatnonzero(np.asarray(mask).reshape(-1).astype(bool))
+        return resid.reshape(self.n_layers, -1, self.d_in)
+
+    def batch(self, step: int) -> np.ndarray:
+        group = step // self.reuse  # ``reuse`` steps draw from one forward pass
+        if self._cache is None or self._cache[0] != group:
+            ids, mask = self.token_batch(group)
+            self._cache = (group, ids, mask, self._resid(ids, mask))
+        _, ids, mask, resid = self._cache
+        real = np.asarray(mask).reshape(-1).astype(bool)
+        content = np.asarray(self.positions.mask(ids, mask)).reshape(-1)
+        valid = np.flatnonzero(content if self.exclude else real)
         if valid.size == 0:
-            raise ValueError(f"step {step}: token batch has no non-pad tokens")
+            raise ValueError(f"step {step}: token batch has no training (content) tokens")
+        out = _outliers(resid[:, valid], self.outlier_factor)  # [L, n_valid]
         rng = np.random.default_rng([self.seed, step, 1])
-        pick = rng.choice(valid, self.batch_size, replace=valid.size < self.batch_size)
-        return resid.reshape(self.n_layers, -1, self.d_in)[:, pick]
+        self.last_counts = {
+            "tokens": int(real.sum()),
+            "excluded_positions": int(real.sum() - valid.size),
+            "outliers": out.sum(1).tolist(),
+        }
+        if not out.any():
+            pick = rng.choice(valid, self.batch_size, replace=valid.size < self.batch_size)
+            return resid[:, pick]
+        rows = []
+        for layer in range(self.n_layers):
+            ok = valid[~out[layer]]
+            pick = rng.choice(ok, self.batch_size, replace=ok.size < self.batch_size)
+            rows.append(resid[layer, pick])
+        return np.stack(rows)
+
+    def eval_batch(self, max_tokens: int = 8192):
+        """Every real token of the evaluation sequences: (x [L, n, d], groups [L, n] int8:
+        1 content, 0 excluded position, 2 outlier; positions [n] int: index from the first real
+        token)."""
+        if self.eval_tokens is not None:
+            ids, mask = (np.asarray(a) for a in self.eval_tokens)
+        elif callable(self.tokens):
+            ids, mask = self.tokens(-1)
+        else:
+            ids, mask = (np.asarray(a) for a in self.tokens)
+            rng = np.random.default_rng([self.seed, 7])
+            pick = np.sort(rng.choice(len(ids), min(len(ids), self.n_eval_seqs), replace=False))
+            ids, mask = ids[pick], mask[pick]
+        xs, groups, pos = [], [], []
+        for i in range(0, len(ids), self.seqs_per_step):
+            b_ids, b_mask = ids[i : i + self.seqs_per_step], mask[i : i + self.seqs_per_step]
+            real = np.asarray(b_mask).reshape(-1).astype(bool)
+            resid = self._resid(b_ids, b_mask)[:, real]
+            xs.append(resid)
+            groups.append(np.asarray(self.positions.mask(b_ids, b_mask)).reshape(-1)[real])
+            pos.append((np.cumsum(b_mask, -1) - 1).reshape(-1)[real])
+        x, content, pos = np.concatenate(xs, 1), np.concatenate(groups), np.concatenate(pos)
+        if x.shape[1] > max_tokens:
+            keep = np.sort(
+                np.random.default_rng([self.seed, 8]).choice(x.shape[1], max_tokens, False)
+            )
+            x, content, pos = x[:, keep], content[keep], pos[keep]
+        g = np.broadcast_to(np.where(content, CONTENT, EXCLUDED_POSITION), x.shape[:2])
+        # outliers relative to the content tokens' median norm
+        norms = np.linalg.norm(x, axis=-1)
+        ref = np.median(norms[:, content] if content.any() else norms, axis=1, keepdims=True)
+        if self.outlier_factor:
+            g = np.where(norms > float(self.outlier_factor) * ref, OUTLIER, g)
+        return x, g.astype(np.int8), pos
 
 
 # ----------------------------------------------------------------------------- JumpReLU STE
@@ -386,6 +588,102 @@ def train_step(states: LayerState, x, step, tcfg: TrainConfig):
     return jax.vmap(_layer_step, in_axes=(0, 0, None, None))(states, x, step, tcfg)
 
 
+# ----------------------------------------------------------------------------- group metrics
+SMALL_FRACTION = 0.1  # warn when at most this fraction of the tokens ...
+DOMINATION_SHARE = 0.5  # ... holds at least this share of the variance
+
+
+def variance_concentration(x, share: float = DOMINATION_SHARE) -> np.ndarray:
+    """The smallest fraction of tokens that holds ``share`` of the variance (squared distance
+    to the mean), per layer: x [L, n, d] -> [L]. Somewhat below ``share`` for homogeneous data
+    (about 0.3-0.45 for half the variance); near 0 when a few sink tokens (BOS, a template
+    header) dominate."""
+    x = np.asarray(x, np.float64)
+    dev = np.sum((x - x.mean(1, keepdims=True)) ** 2, -1)  # [L, n]
+    cum = np.cumsum(-np.sort(-dev, axis=1), axis=1) / np.maximum(dev.sum(1, keepdims=True), 1e-30)
+    return (np.argmax(cum >= share, axis=1) + 1) / dev.shape[1]
+
+
+@jax.jit
+def _group_stats(sae: SAE, x, w):
+    """x [n, d], w [G, n] 0/1 group weights -> per-group sums [G] (see :func:`group_metrics`)."""
+    f = sae_lib.encode(sae, x)
+    xh = sae_lib.decode(sae, f).astype(jnp.float32)
+    x = x.astype(jnp.float32)
+    on = (f > 0).astype(jnp.float32)
+    cnt = w.sum(1)
+    err = jnp.sum((xh - x) ** 2, -1)
+    dev_all = jnp.sum((x - x.mean(0)) ** 2, -1)
+
+    def sst(wg):
+        mean = (wg @ x) / jnp.maximum(wg.sum(), 1.0)
+        return wg @ jnp.sum((x - mean) ** 2, -1)
+
+    cos = jnp.sum(x * xh, -1) / jnp.maximum(
+        jnp.linalg.norm(x, axis=-1) * jnp.linalg.norm(xh, axis=-1), 1e-12
+    )
+    return {
+        "n": cnt,
+        "sse": w @ err,
+        "sst": jax.vmap(sst)(w),
+        "l0_sum": w @ on.sum(-1),
+        "cos_sum": w @ cos,
+        "alive": ((w @ on) > 0).mean(-1),
+        "var_share": (w @ dev_all) / jnp.maximum(dev_all.sum(), 1e-30),
+    }
+
+
+def group_metrics(sae: SAE, x, groups) -> dict:
+    """Reconstruction metrics of one layer's SAE per token group.
+
+    x [n, d_in] activations (the SAE's input space); groups [n] int labels (1 content, 0
+    excluded position, 2 norm outlier; see the sources' ``eval_batch``). Returns
+    {group: {fvu, l0, alive_fraction, dead_fraction, cosine, n_tokens, variance_share}} for the
+    groups ``all``, ``content`` and ``excluded`` (= not content). fvu = sum ||x_hat - x||^2 /
+    sum ||x - mean_group||^2 over the group's tokens; cosine: mean cos(x, x_hat); alive: latents
+    firing on at least one of the group's tokens; variance_share: the group's share of the
+    total squared distance to the overall mean. Empty groups give NaN metrics."""
+    g = np.asarray(groups)
+    w = np.stack([g >= 0, g == CONTENT, g != CONTENT]).astype(np.float32)
+    st = {k: np.asarray(v, np.float64) for k, v in _group_stats(sae, jnp.asarray(x), w).items()}
+    out = {}
+    for i, name in enumerate(GROUP_NAMES):
+        n = st["n"][i]
+        empty = n == 0
+        nan = float("nan")
+        out[name] = {
+            "fvu": nan if empty else float(st["sse"][i] / max(st["sst"][i], 1e-30)),
+            "l0": nan if empty else float(st["l0_sum"][i] / n),
+            "alive_fraction": nan if empty else float(st["alive"][i]),
+            "dead_fraction": nan if empty else float(1 - st["alive"][i]),
+            "cosine": nan if empty else float(st["cos_sum"][i] / n),
+            "n_tokens": int(n),
+            "variance_share": float(st["var_share"][i]),
+        }
+    return out
+
+
+def _warn(msg: str, warnings_out: list) -> None:
+    import sys
+    import warnings
+
+    warnings_out.append(msg)
+    warnings.warn(msg, stacklevel=3)
+    print(f"\n*** WARNING: {msg}\n", file=sys.stderr, flush=True)
+
+
+def position_shares(x, positions, top: int = 5) -> list:
+    """The ``top`` position indices holding the most variance of x [n, d]: [(position, share)]
+    (positions [n] from the first real token; empty when unknown, i.e. all -1)."""
+    positions = np.asarray(positions)
+    if positions.size == 0 or (positions < 0).all():
+        return []
+    dev = np.sum((x - x.mean(0)) ** 2, -1)
+    tot = max(dev.sum(), 1e-30)
+    shares = {int(p): float(dev[positions == p].sum() / tot) for p in np.unique(positions)}
+    return sorted(shares.items(), key=lambda kv: -kv[1])[:top]
+
+
 # ----------------------------------------------------------------------------- loop
 class TrainingInterrupted(Exception):
     """Raised by :func:`train_sae` when ``stop_after`` steps are done (checkpoint saved)."""
@@ -405,14 +703,24 @@ class TrainResult:
     layers: list
     history: list
     state: LayerState
+    # data: the source's description, token counts (tokens seen, excluded positions, outliers
+    # per layer, over the steps run by this call) and the smallest fraction of training tokens
+    # holding half the variance (:func:`variance_concentration`); eval: per layer, metrics of
+    # the final SAE per token group (:func:`group_metrics`); warnings: the loud ones (sink
+    # domination), also issued.
+    data: dict = dataclasses.field(default_factory=dict)
+    eval: list = dataclasses.field(default_factory=list)
+    warnings: list = dataclasses.field(default_factory=list)
 
     def sae_set(self) -> dict:
         return dict(zip(self.layers, self.saes))
 
 
-def init_states(source, tcfg: TrainConfig) -> LayerState:
-    """Stacked initial states [L, ...]; the input scale per layer from the first batches."""
-    batches = [np.asarray(source.batch(i), np.float32) for i in range(tcfg.norm_batches)]
+def init_states(source, tcfg: TrainConfig, batches=None) -> LayerState:
+    """Stacked initial states [L, ...]; the input scale per layer from the first batches
+    (``batches``: those batches if already drawn)."""
+    if batches is None:
+        batches = [np.asarray(source.batch(i), np.float32) for i in range(tcfg.norm_batches)]
     acts = np.concatenate(batches, axis=1)  # [L, n, d]
     if tcfg.normalize_input:
         mean_norm = np.linalg.norm(acts, axis=-1).mean(-1)
@@ -489,6 +797,8 @@ def _run_identity(tcfg: TrainConfig, source, init=None, inputs=None) -> Identity
             if hasattr(source, k)
         },
     }
+    if hasattr(source, "describe"):  # which tokens are trained on (positions, outliers)
+        settings["data"] = source.describe()
     if inputs is None:
         inputs = source.describe_inputs() if hasattr(source, "describe_inputs") else {}
     inputs = dict(inputs)
@@ -558,7 +868,56 @@ def train_sae(
     """
     from tqdm.auto import tqdm
 
-    states = init_states(source, tcfg)
+    first = [np.asarray(source.batch(i), np.float32) for i in range(tcfg.norm_batches)]
+    warns: list = []
+    share = variance_concentration(np.concatenate(first, axis=1))
+    counts = {"tokens": 0, "excluded_positions": 0, "outliers": [0] * source.n_layers}
+    data = {
+        **(source.describe() if hasattr(source, "describe") else {}),
+        "half_variance_token_fraction": share.tolist(),
+        "counts": counts,
+    }
+    for i, v in enumerate(share):
+        if v <= SMALL_FRACTION:
+            _warn(
+                f"layer {source.layers[i] if hasattr(source, 'layers') else i}: "
+                f"{v:.1%} of the training tokens hold half of the variance: the SAE "
+                "will learn these few tokens (attention sinks: BOS, template header?). Exclude "
+                "them (the default position rule, outlier_factor) or check the data.",
+                warns,
+            )
+    evalset = source.eval_batch() if hasattr(source, "eval_batch") else None
+    if evalset is not None:
+        x_ev, g_ev, pos_ev = evalset
+        data["eval_tokens"] = int(x_ev.shape[1])
+        data["eval_groups"] = {
+            "content": int((g_ev[0] == CONTENT).sum()),
+            "excluded_positions": int((g_ev[0] == EXCLUDED_POSITION).sum()),
+            "outliers": (g_ev == OUTLIER).sum(1).tolist(),
+        }
+        data["variance_by_position"] = [position_shares(x_ev[i], pos_ev) for i in range(len(x_ev))]
+        trained_on_excluded = not getattr(source, "exclude", True)
+        for i in range(len(x_ev)):
+            exc = g_ev[i] != CONTENT
+            dev = np.sum((x_ev[i] - x_ev[i].mean(0)) ** 2, -1)
+            exc_share = float(dev[exc].sum() / max(dev.sum(), 1e-30))
+            if trained_on_excluded and exc_share > DOMINATION_SHARE:
+                _warn(
+                    f"layer {source.layers[i]}: the excluded positions ({exc.mean():.0%} of "
+                    f"tokens) hold {exc_share:.0%} of the variance and training includes them "
+                    f"(exclusion off): the reported overall FVU measures them, not the content",
+                    warns,
+                )
+
+    def eval_metrics(states_now):
+        out = []
+        for i in range(source.n_layers):
+            sae_i = sae_lib.sae_layer(states_now.sae, i)
+            x_i = jnp.asarray(x_ev[i]) * states_now.scale[i]
+            out.append(group_metrics(sae_i, x_i, g_ev[i]))
+        return out
+
+    states = init_states(source, tcfg, first)
     if init is not None:
         states = warm_start(states, init)
     start, mngr = 0, None
@@ -590,16 +949,27 @@ def train_sae(
     try:
         for step in bar:
             x = jnp.asarray(source.batch(step), jnp.float32)
+            _add_counts(counts, getattr(source, "last_counts", None))
             (states, m), done = train_step(states, x, jnp.int32(step), tcfg), step + 1
             if done % log_every == 0 or done == tcfg.n_steps:
                 rec = {"step": done, **{k: np.asarray(v).tolist() for k, v in m._asdict().items()}}
                 check_finite(rec["loss"], f"SAE training loss at step {done} (per layer)")
+                post = {
+                    "fvu": f"{np.mean(rec['fvu']):.3f}",
+                    "l0": f"{np.mean(rec['l0']):.1f}",
+                    "dead": f"{np.mean(rec['dead_fraction']):.2f}",
+                }
+                if evalset is not None:
+                    ev = eval_metrics(states)
+                    rec["groups"] = {
+                        g: {k: [e[g][k] for e in ev] for k in ev[0][g]} for g in GROUP_NAMES
+                    }
+                    post["fvu_content"] = f"{np.mean(rec['groups']['content']['fvu']):.3f}"
+                    excl = [v for v in rec["groups"]["excluded"]["fvu"] if v == v]
+                    post["fvu_excl"] = f"{np.mean(excl):.3f}" if excl else "-"
+                    post["cos_content"] = f"{np.mean(rec['groups']['content']['cosine']):.2f}"
                 history.append(rec)
-                bar.set_postfix(
-                    fvu=f"{np.mean(rec['fvu']):.3f}",
-                    l0=f"{np.mean(rec['l0']):.1f}",
-                    dead=f"{np.mean(rec['dead_fraction']):.2f}",
-                )
+                bar.set_postfix(**post)
             if done % checkpoint_every == 0:
                 save(done)
             if stop_after is not None and done >= stop_after and done < tcfg.n_steps:
@@ -616,7 +986,19 @@ def train_sae(
     if mngr is not None:
         mngr.close()
     layers = getattr(source, "layers", list(range(source.n_layers)))
-    return TrainResult(saes, list(layers), history, states)
+    final = []
+    if evalset is not None:
+        final = [group_metrics(saes[i], x_ev[i], g_ev[i]) for i in range(len(saes))]
+    return TrainResult(saes, list(layers), history, states, data, final, warns)
+
+
+def _add_counts(total: dict, c) -> None:
+    if not c:
+        return
+    total["tokens"] += int(c.get("tokens", 0))
+    total["excluded_positions"] += int(c.get("excluded_positions", 0))
+    for i, v in enumerate(c.get("outliers", ())):
+        total["outliers"][i] += int(v)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -641,15 +1023,33 @@ def _ce_three_ways(params, model_cfg, patch, zero_patch, ids, mask):
     return ce(None), ce(patch), ce(zero_patch)
 
 
-def ce_loss_recovered(params, model_cfg, sae: SAE, layer: int, ids, mask) -> dict:
+@struct.dataclass
+class OnPositions:
+    """Patch applying ``inner`` only where ``where`` [B, T] is set (elsewhere x passes)."""
+
+    inner: object
+    where: jax.Array
+
+    def __call__(self, x, layer, ctx):
+        return jnp.where(self.where[..., None], self.inner(x, layer, ctx), x)
+
+
+def ce_loss_recovered(
+    params, model_cfg, sae: SAE, layer: int, ids, mask, positions: ContentPositions | None = None
+) -> dict:
     """CE loss with the SAE spliced into resid_post of ``layer`` (error term removed).
 
     Returns ce_clean, ce_spliced, ce_zero (resid_post zeroed at that layer) and
-    recovered = (ce_zero - ce_spliced) / (ce_zero - ce_clean).
+    recovered = (ce_zero - ce_spliced) / (ce_zero - ce_clean). With ``positions`` (the content
+    rule the SAE was trained with) the splice and the zeroing touch only content positions
+    (an SAE trained without the sinks is not meant to reconstruct them).
     """
     patch = sae_lib.splice_patch({int(layer): sae}, model_cfg.n_layers)
     zero = sae_lib.ZeroAblate(patch.layer_mask)
     ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+    if positions is not None:
+        where = positions.mask(ids, mask)
+        patch, zero = OnPositions(patch, where), OnPositions(zero, where)
     clean, spliced, zeroed = (
         float(v) for v in _ce_three_ways(params, model_cfg, patch, zero, ids, mask)
     )
@@ -657,5 +1057,5 @@ def ce_loss_recovered(params, model_cfg, sae: SAE, layer: int, ids, mask) -> dic
         "ce_clean": clean,
         "ce_spliced": spliced,
         "ce_zero": zeroed,
-        "recovered": (zeroed - spliced) / (zeroed - clean),
+        "recovered": (zeroed - spliced) / (zeroed - clean) if zeroed != clean else float("nan"),
     }

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from refusal_jax.core.batching import batches
 from refusal_jax.core.errors import check_direction, check_finite
 from refusal_jax.core.io import write_text_atomic
+from refusal_jax.core.positions import ContentPositions, content_positions
 from refusal_jax.method.capability import masked_ce, rollout_batch
 from refusal_jax.method.direction import choose_best_layer, refusal_directions
 from refusal_jax.method.features import pad_width
@@ -53,7 +54,10 @@ class PipelineConfig:
     n_candidates: int = 10  # F0: per layer
     n_features: int = 20  # |F*| and every baseline
     clamp_value: float = -3.0  # multiply clamp (Gemma: -3, Llama: -1)
-    skip_positions: int = 1  # positions after left padding excluded from attribution (BOS)
+    # Positions left out of the LA-IG position mean (refusal_jax.core.positions): an int n skips
+    # the first n real tokens (1: BOS; the organism's recorded setting); "content" excludes the
+    # special tokens and the chat template's constant prefix, in LA-IG and the act baseline.
+    skip_positions: int | str = 1
     error_mode: str = "paper"
     max_new_tokens: int = 24
     batch_size: int = 32
@@ -83,11 +87,28 @@ class PromptData:
                 raise ValueError(f"PromptData.{name} is empty")
 
 
+def pipeline_positions(pc: PipelineConfig, tokenizer=None) -> ContentPositions:
+    """The position rule of ``pc.skip_positions``: an int n -> the first n real tokens
+    excluded; ``"content"`` -> :func:`refusal_jax.core.positions.content_positions` of the
+    tokenizer (special tokens and the chat template's constant prefix excluded)."""
+    skip = pc.skip_positions
+    if isinstance(skip, str):
+        if skip != "content":
+            raise ValueError(f"skip_positions must be an int or 'content', got {skip!r}")
+        if tokenizer is None:
+            raise ValueError("skip_positions='content' needs the tokenizer")
+        return content_positions(tokenizer)
+    return ContentPositions(prefix_length=int(skip))
+
+
 def accumulate_attributions(
-    params, cfg, saes, ids, mask, direction, refusal_token, pc, progress=False
+    params, cfg, saes, ids, mask, direction, refusal_token, pc, progress=False, positions=None
 ) -> np.ndarray:
     """Position-mean LA-IG attributions for every prompt: [L, N, d_sae] (batches of
-    ``pc.laig_batch_size``, ``pc.n_steps`` alpha steps, ``pc.skip_positions`` skipped)."""
+    ``pc.laig_batch_size``, ``pc.n_steps`` alpha steps, over the content positions of
+    ``positions``, default :func:`pipeline_positions` of an int ``pc.skip_positions``)."""
+    if positions is None:
+        positions = pipeline_positions(pc)
     chunks = []
     steps = list(batches(ids, mask, pc.laig_batch_size))
     for b_ids, b_mask, n in tqdm(steps, desc="LA-IG", disable=not progress, leave=False):
@@ -101,7 +122,7 @@ def accumulate_attributions(
             n_steps=pc.n_steps,
             error_mode=pc.error_mode,
         )
-        w = position_weights(b_mask, skip=pc.skip_positions)
+        w = position_weights(b_mask, ids=b_ids, positions=positions)
         chunks.append(np.asarray(feature_attributions(res, saes, w))[:, :n])
     return np.concatenate(chunks, axis=1)
 
@@ -204,34 +225,39 @@ def prepare_methods(
     refusal_tok, best, r_best = d.refusal_token, d.best_layer, d.directions[d.best_layer]
 
     # 3. LA-IG over the (filtered) harmful training prompts.
+    positions = pipeline_positions(pc, tokenizer)
     attr = accumulate_attributions(
-        params, cfg, saes, harm_ids, harm_mask, r_best, refusal_tok, pc, progress
+        params, cfg, saes, harm_ids, harm_mask, r_best, refusal_tok, pc, progress, positions
     )
     check_finite(attr, "pipeline stage 'LA-IG': feature attributions [L, N, S]")
     stage("LA-IG")
 
     # 4. Feature sets.
     sets = method_sets(
-        params, cfg, saes, attr, r_best, (harm_ids, harm_mask), (safe_ids, safe_mask), pc
-    )
+        params, cfg, saes, attr, r_best, (harm_ids, harm_mask), (safe_ids, safe_mask), pc,
+        positions=positions,
+    )  # fmt: skip
     stage("feature sets")
     return Prepared(refusal_tok, d.n_kept, d.directions, best, d.layer_rates, attr, sets)
 
 
 def method_sets(
     params, cfg, saes, attributions, r_best, harmful, harmless, pc: PipelineConfig,
-    per_sample: bool = False,
+    per_sample: bool = False, positions: ContentPositions | None = None,
 ) -> dict:  # fmt: skip
     """Every method's feature set from LA-IG ``attributions`` [L, N, S] over the ``harmful``
     prompts ((ids, mask); ``harmless`` likewise, for ``act``) and the direction ``r_best``:
     global ``ours`` (F* within F0), ``la``, ``cs``, ``act`` and ``random``; with ``per_sample``
     also ``ours_per_sample`` and ``la_per_sample`` (one set per harmful prompt, as the reference
-    code clamps on its benchmark)."""
+    code clamps on its benchmark). ``positions``: the content rule of the ``act`` baseline's max
+    over positions, used only with ``pc.skip_positions == "content"`` (an int keeps every real
+    token, the recorded organism behaviour); ``cs`` and F0 use no positions."""
+    act_positions = positions if pc.skip_positions == "content" else None
     d_sae = int(saes.W_dec.shape[-2])
     f0 = candidate_features(saes, r_best, k=pc.n_candidates)
     ours = select_features(attributions, pc.n_features, candidates=f0)
-    act_h = max_activation_means(params, cfg, saes, *harmful, pc.batch_size)
-    act_s = max_activation_means(params, cfg, saes, *harmless, pc.batch_size)
+    act_h = max_activation_means(params, cfg, saes, *harmful, pc.batch_size, act_positions)
+    act_s = max_activation_means(params, cfg, saes, *harmless, pc.batch_size, act_positions)
     sets = {
         "ours": ours,
         "la": la_features(attributions, pc.n_features),
@@ -371,6 +397,7 @@ __all__ = [
     "directions_and_layer",
     "method_patches",
     "method_sets",
+    "pipeline_positions",
     "prepare_methods",
     "run_pipeline",
 ]

@@ -108,7 +108,9 @@ class Subject:
     # A harmful-prompt response counts as a jailbreak when it is no refusal and, if given, opens
     # with one of these (the organism's helpful openers).
     compliance_prefixes: tuple[str, ...] | None
-    skip_positions: int = 1
+    # LA-IG / act position rule (PipelineConfig.skip_positions): 1 (BOS) on the organism,
+    # "content" (special tokens and the chat template's constant prefix excluded) on real models
+    skip_positions: int | str = 1
     # F0: candidate features per layer (the paper's 10; 40 on the organism, see ORGANISM_METHOD)
     n_candidates: int = 10
     model_dir: str | None = None  # the model folder (None: the organism's)
@@ -151,7 +153,7 @@ def load_subject(
     sae_width: str | None = None,
     target_l0: float = 100.0,
     data_dir=None,
-    skip_positions: int | None = None,
+    skip_positions: int | str | None = None,
     with_saes: bool = True,
     sae_layers=None,
     mesh=None,
@@ -160,8 +162,11 @@ def load_subject(
     """The organism (no ``model_dir``; ``sae_dir`` defaults to its committed SAEs) or a converted
     or Hugging Face model folder with ``sae_dir``. With a ``mesh`` the parameters and SAEs are
     placed on their shards while they load; ``dtype`` casts both. Every layer needs an SAE of
-    the model's d_model unless ``sae_layers`` restricts them (see :func:`ports.sae.load_saes`)."""
-    skip = 1 if skip_positions is None else skip_positions
+    the model's d_model unless ``sae_layers`` restricts them (see :func:`ports.sae.load_saes`).
+    ``skip_positions``: the LA-IG / act position rule (default 1 on the organism, "content" on
+    a model folder)."""
+    default_skip = 1 if model_dir is None else "content"
+    skip = default_skip if skip_positions is None else skip_positions
     if model_dir is not None:
         if with_saes and not sae_dir:
             raise ValueError("a model folder needs its SAEs (sae_dir / --sae-dir)")

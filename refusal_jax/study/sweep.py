@@ -54,6 +54,7 @@ from refusal_jax.core.identity import (
 from refusal_jax.core.io import load_arrays, read_json, write_json_atomic
 from refusal_jax.core.model import generate
 from refusal_jax.core.patches import check_patch_rows, patch_rows
+from refusal_jax.core.positions import ContentPositions
 from refusal_jax.core.sharding import DATA, is_primary, shard_batch, to_host
 from refusal_jax.method.direction import choose_best_layer, refusal_directions
 from refusal_jax.method.judges import refusal_token
@@ -94,7 +95,8 @@ class SweepConfig:
     kind: "laig" (position-mean LA-IG feature attributions) or "generate" (greedy tokens).
     shard_size: prompts per shard (one jitted call; a multiple of the data-parallel devices).
     n_steps, alpha_rule, error_mode: LA-IG settings (:func:`refusal_jax.method.laig.la_ig`);
-    skip_positions: positions after padding left out of the position mean (BOS).
+    skip_positions: positions left out of the position mean: an int n (the first n real
+      tokens; 1: BOS) or a :class:`refusal_jax.core.positions.ContentPositions`.
     per_prompt: store attributions per prompt [N, L, d_sae]; False stores only their sum over
       prompts [L, d_sae] (what global feature selection needs; small for wide SAEs).
     max_new_tokens: generation length.
@@ -109,7 +111,7 @@ class SweepConfig:
     n_steps: int = 10
     alpha_rule: str = "left"
     error_mode: str = "paper"
-    skip_positions: int = 1
+    skip_positions: int | ContentPositions = 1
     per_prompt: bool = True
     max_new_tokens: int = 64
     trim_padding: int = 0
@@ -200,7 +202,10 @@ def _laig_shard(params, cfg, saes, ids, mask, n_real, direction, refusal_token, 
         alpha_batch=sc.alpha_batch,
         remat=sc.remat,
     )
-    attr = feature_attributions(res, saes, position_weights(mask, skip=sc.skip_positions))
+    rule = sc.skip_positions
+    if not isinstance(rule, ContentPositions):
+        rule = ContentPositions(prefix_length=int(rule))
+    attr = feature_attributions(res, saes, position_weights(mask, ids=ids, positions=rule))
     out = {
         "metric": res.metric,  # [n_steps], summed over the shard's rows (incl. padding rows)
         "jailbreak_token": res.runs.jailbreak_token,

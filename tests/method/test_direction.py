@@ -10,6 +10,7 @@ import pytest
 from refusal_jax import sae as sae_lib
 from refusal_jax.core.config import gemma2_config, shape_kw
 from refusal_jax.core.model import forward, init_params
+from refusal_jax.core.positions import ContentPositions
 from refusal_jax.method.direction import mean_activations, refusal_directions
 from refusal_jax.method.interventions import ablate_direction
 from refusal_jax.method.judges import first_token_refuses, is_refusal, refusal_rate
@@ -106,6 +107,12 @@ def test_act_baseline_statistics(params):
     )  # [L, B, T, S]
     f = np.where(harm[1][None, :, :, None].astype(bool), f, -np.inf)
     np.testing.assert_allclose(np.asarray(got), f.max(axis=2).mean(axis=1), atol=1e-5)
+    # the content rule (refusal_jax.core.positions): the max skips the excluded positions
+    rule = ContentPositions(prefix_length=2)
+    got_c = max_activation_means(params, CFG, saes, *harm, batch_size=4, positions=rule)
+    keep = np.asarray(rule.mask(*harm))
+    f_c = np.where(keep[None, :, :, None], f, -np.inf)
+    np.testing.assert_allclose(np.asarray(got_c), f_c.max(axis=2).mean(axis=1), atol=1e-5)
     diff = np.asarray(got) - np.asarray(max_activation_means(params, CFG, saes, *safe))
     top = act_features(got, max_activation_means(params, CFG, saes, *safe), n=3)
     expect = sorted(
