@@ -299,7 +299,7 @@ def test_la_ig_alpha_batching_and_fixed_token(params):
     assert float(a.metric[0]) == pytest.approx(expect, rel=1e-4, abs=1e-4)
     fixed = la_ig(params, CFG, ids, mask, r, refusal_token=7, jailbreak_token=9, n_steps=2)
     assert (np.asarray(fixed.runs.jailbreak_token) == 9).all()
-    np.testing.assert_allclose(alpha_schedule(4), [0, 0.25, 0.5, 0.75])
+    np.testing.assert_allclose(alpha_schedule(4)[0], [0, 0.25, 0.5, 0.75])
     with pytest.raises(ValueError, match="error_mode"):
         la_ig(params, CFG, ids, mask, r, refusal_token=7, error_mode="bogus")
 
