@@ -16,6 +16,17 @@ autodiff:
 
 :func:`la_ig_naive` is the straightforward SAE-in-the-loop version (gradient w.r.t. the
 features, Python loop over alpha) the tests hold the fast path to.
+
+Choosing the quadrature (``alpha_rule``, ``n_steps``; see :func:`alpha_schedule`): the integrand
+g(alpha) = dm/d out_l at the interpolated run is a smooth function of alpha (no SAE, hence no
+JumpReLU jump, inside the interpolated run), so rules of higher order converge much faster than
+the paper's ``left`` rule, whose error falls only like 1/N. ``left, n_steps=10`` stays the
+default to reproduce the paper. When the goal is the integral itself (F*, attributions) rather
+than bit-level reproduction of the paper, ``alpha_rule="gauss"`` with 3-4 steps matched or beat
+left N = 10 on the organism and on a Gemma-2-shaped model in
+``experiments/benchmarks/laig_accuracy.py`` (errors vs an N = 256 reference and F* overlap in
+experiments/benchmarks/RESULTS.md) at a third of the cost; check the curve for a new model
+before going below N = 3, and keep ``left`` when comparing with the paper's numbers.
 """
 
 from __future__ import annotations
