@@ -10,16 +10,24 @@ both sides.
 * JAX: ``la_ig`` (all N alpha steps one vmapped batch, residual gradients, no SAE in autodiff) +
   position-mean ``feature_attributions``, jitted.
 * PyTorch: the original approach, SAEs in the loop through forward hooks on every decoder layer,
-  a Python loop over alpha with one backward each (``tests/torch_laig_ref.py``, HF Gemma-2, eager
-  attention). TransformerLens is not used: the 4.x releases that install next to transformers 5
-  no longer have ``HookedTransformer`` (only ``TransformerBridge``, itself hooks on the HF model),
-  and TransformerLens 2.x would downgrade transformers to 4.57 and numpy to 1.26.
+  a Python loop over alpha with one backward each (``tests/support/torch_laig_ref.py``, HF
+  Gemma-2, eager attention).
+* TransformerLens + SAELens (the peer users pick): the same approach on a HookedSAETransformer
+  built offline from the same weights, SAELens JumpReLU SAEs at every resid_post (``run_tl``); it
+  runs in its own venv (``--tl-python``, default /work/venvs/tl; RESULTS.md says how to create
+  it) and prints "skipped: transformer_lens not installed" when there is none.
+
+JAX runs every ``--configs`` RULE:N (``alpha_schedule``) and a Gauss-Legendre N = 256 reference;
+each row reports forward-equivalents, seconds, speed-up vs each peer (which run the paper's left
+N = ``--n-steps``), relative L2 error of the attributions vs the reference and the overlap of
+the top-20 F*, then the headline: the fastest rule with an F* overlap at least that of left N.
 
 Each side runs in its own subprocess, one after the other, so peak RSS (``ru_maxrss``) is its own
 and the sides never compete for the CPU. The torch side reports per-token attributions, reduced to
 the same position mean, and the parent compares them. The JAX side also times one jitted forward
 on the same batch (LA-IG cost in forward passes) and greedy generation with and without a clamp
-of 20 features at every layer (``clamp_features``, multiply by -3), EOS disabled::
+of 20 features at every layer (``clamp_features``, multiply by -3), EOS disabled, with
+``--generation``::
 
     cd experiments/benchmarks && python bench_laig.py --results RESULTS.md
 """
