@@ -197,12 +197,13 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=32)
     p.add_argument("--skip-gemma", action="store_true", help="organism only")
+    p.add_argument("--skip-organism", action="store_true", help="Gemma-2-shaped only")
     p.add_argument("--png", default=str(HERE / "laig_accuracy.png"))
     p.add_argument("--results", help="append the tables to this Markdown file")
     args = p.parse_args(argv)
 
     results, lines = {}, []
-    subjects = [("organism", organism_subject)]
+    subjects = [] if args.skip_organism else [("organism", organism_subject)]
     if not args.skip_gemma:
         subjects.append(("Gemma-2-shaped", None))
     with tempfile.TemporaryDirectory() as tmp:
