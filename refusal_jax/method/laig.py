@@ -16,6 +16,17 @@ autodiff:
 
 :func:`la_ig_naive` is the straightforward SAE-in-the-loop version (gradient w.r.t. the
 features, Python loop over alpha) the tests hold the fast path to.
+
+Choosing the quadrature (``alpha_rule``, ``n_steps``; see :func:`alpha_schedule`): the integrand
+g(alpha) = dm/d out_l at the interpolated run is a smooth function of alpha (no SAE, hence no
+JumpReLU jump, inside the interpolated run), so rules of higher order converge much faster than
+the paper's ``left`` rule, whose error falls only like 1/N. ``left, n_steps=10`` stays the
+default to reproduce the paper. When the goal is the integral itself (F*, attributions) rather
+than bit-level reproduction of the paper, ``alpha_rule="gauss"`` with 3-4 steps matched or beat
+left N = 10 on the organism and on a Gemma-2-shaped model in
+``experiments/benchmarks/laig_accuracy.py`` (errors vs an N = 256 reference and F* overlap in
+experiments/benchmarks/RESULTS.md) at a third of the cost; check the curve for a new model
+before going below N = 3, and keep ``left`` when comparing with the paper's numbers.
 """
 
 from __future__ import annotations
@@ -39,19 +50,48 @@ from refusal_jax.method.interventions import Interpolate, ablate_direction, unit
 ERROR_MODES = ("paper", "ablated")
 
 
-def alpha_schedule(n_steps: int = 10, rule: str = "left") -> np.ndarray:
-    """Integration points in [0, 1]: ``left`` k/N for k < N (the paper: alpha=1 never
-    evaluated), ``right`` k/N for k = 1..N, ``midpoint`` (k + 1/2)/N, ``trapezoid`` k/(N-1)."""
-    k = np.arange(n_steps, dtype=np.float32)
-    if rule == "left":
-        return k / n_steps
-    if rule == "right":
-        return (k + 1) / n_steps
-    if rule == "midpoint":
-        return (k + 0.5) / n_steps
+ALPHA_RULES = ("left", "right", "midpoint", "trapezoid", "gauss")
+
+
+def alpha_schedule(n_steps: int = 10, rule: str = "left") -> tuple[np.ndarray, np.ndarray]:
+    """Quadrature rule for the LA-IG integral over alpha in [0, 1]: ``(alphas, weights)``,
+    both float32 [n_steps], weights summing to 1, so ``sum_k weights[k] g(alphas[k])``
+    approximates ``int_0^1 g``.
+
+    * ``left``: k/N for k < N (the paper's rule, alpha = 1 never evaluated), weights 1/N;
+      exact for constants, error O(1/N).
+    * ``right``: (k + 1)/N, weights 1/N; exact for constants.
+    * ``midpoint``: (k + 1/2)/N, weights 1/N; exact for degree 1, error O(1/N^2).
+    * ``trapezoid``: k/(N-1) for k = 0..N-1 (N >= 2), weights 1/(N-1) with half weight at both
+      ends; exact for degree 1, error O(1/N^2).
+    * ``gauss``: Gauss-Legendre nodes and weights mapped to [0, 1]; exact for polynomials of
+      degree 2N - 1, error decaying faster than any power of 1/N for a smooth integrand.
+
+    The uniform rules (left, right, midpoint) have equal weights; :func:`la_ig` averages their
+    steps exactly as before weights existed, so ``left`` results are unchanged bit for bit.
+    """
+    if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    if rule in ("left", "right", "midpoint"):
+        k = np.arange(n_steps, dtype=np.float32)  # float32 k / N: the historical values
+        offset = {"left": 0.0, "right": 1.0, "midpoint": 0.5}[rule]
+        return (k + np.float32(offset)) / n_steps, np.full(n_steps, 1.0 / n_steps, np.float32)
     if rule == "trapezoid":
-        return k / max(n_steps - 1, 1)
-    raise ValueError(f"unknown alpha rule {rule!r} (left, right, midpoint, trapezoid)")
+        if n_steps < 2:
+            raise ValueError("the trapezoid rule needs n_steps >= 2 (both ends of [0, 1])")
+        alphas = np.arange(n_steps, dtype=np.float64) / (n_steps - 1)
+        weights = np.full(n_steps, 1.0 / (n_steps - 1))
+        weights[[0, -1]] *= 0.5
+    elif rule == "gauss":
+        x, w = np.polynomial.legendre.leggauss(n_steps)
+        alphas, weights = (x + 1.0) / 2.0, w / 2.0
+    else:
+        raise ValueError(f"unknown alpha rule {rule!r} (one of {', '.join(ALPHA_RULES)})")
+    return alphas.astype(np.float32), weights.astype(np.float32)
+
+
+def _is_uniform(rule: str) -> bool:
+    return rule in ("left", "right", "midpoint")
 
 
 @struct.dataclass
@@ -70,13 +110,14 @@ class PatchedRuns:
 
 @struct.dataclass
 class LAIGResult:
-    """grad [L, B, T, D] float32: mean over alpha of dm/d out_l; metric [N] per alpha (batch
-    sum)."""
+    """grad [L, B, T, D] float32: quadrature-weighted mean over alpha of dm/d out_l
+    (sum_k weights[k] g_l(alphas[k])); metric [N] per alpha (batch sum); alphas, weights [N]."""
 
     runs: PatchedRuns
     grad: jax.Array
     metric: jax.Array
     alphas: jax.Array
+    weights: jax.Array
 
 
 def patched_runs(
@@ -115,7 +156,9 @@ def refusal_metric(logits, jailbreak_token, refusal_token):
     return jnp.sum(jb - last[:, refusal_token])
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "error_mode", "alpha_batch", "remat"))
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "error_mode", "alpha_batch", "remat", "uniform")
+)
 def la_ig_fn(
     params,
     cfg,
@@ -125,11 +168,17 @@ def la_ig_fn(
     refusal_token,
     jailbreak_token,
     alphas,
+    weights,
     error_mode="paper",
     alpha_batch=None,
     remat=False,
+    uniform=True,
 ) -> LAIGResult:
-    """Jitted core of :func:`la_ig` (``jailbreak_token`` < 0 means per-sample argmax)."""
+    """Jitted core of :func:`la_ig` (``jailbreak_token`` < 0 means per-sample argmax).
+
+    alphas, weights [N] (:func:`alpha_schedule`). ``uniform``: the weights are all 1/N; the
+    steps' gradients are then summed and divided by N (the paper's mean), else each step's
+    gradient is scaled by its weight before the float32 sum."""
     jb_given = jnp.asarray(jailbreak_token, jnp.int32)
     runs = patched_runs(params, cfg, ids, mask, direction, refusal_token, None, error_mode)
     jb = jnp.where(
@@ -148,30 +197,36 @@ def la_ig_fn(
 
         return jax.value_and_grad(metric)(jnp.zeros_like(x_patch))
 
-    def chunk(alpha_chunk):
+    def chunk(alpha_chunk, weight_chunk):
         # alpha steps of one chunk run as one vmapped batch; their gradients are summed in
         # float32 (bfloat16 models: the integral is not accumulated in bfloat16)
         metric, grads = jax.vmap(at_alpha)(alpha_chunk)
-        return metric, grads.astype(jnp.float32).sum(axis=0)
+        grads = grads.astype(jnp.float32)
+        if not uniform:
+            grads = grads * weight_chunk.astype(jnp.float32).reshape((-1,) + (1,) * x_patch.ndim)
+        return metric, grads.sum(axis=0)
 
     n = alphas.shape[0]
     k = 1 if alpha_batch is None else max(1, min(int(alpha_batch), n))
     n_full, rest = divmod(n, k)
 
-    def body(total, alpha_chunk):
-        metric, g = chunk(alpha_chunk)
+    def body(total, chunk_args):
+        metric, g = chunk(*chunk_args)
         return total + g, metric
 
     # Chunks of k steps in a scan: peak memory holds k steps' activations and gradients plus
     # one float32 running sum, whatever the number of steps.
     total, metric = jax.lax.scan(
-        body, jnp.zeros(x_patch.shape, jnp.float32), alphas[: n_full * k].reshape(n_full, k)
+        body,
+        jnp.zeros(x_patch.shape, jnp.float32),
+        (alphas[: n_full * k].reshape(n_full, k), weights[: n_full * k].reshape(n_full, k)),
     )
     metric = metric.reshape(-1)
     if rest:
-        m_rest, g_rest = chunk(alphas[n_full * k :])
+        m_rest, g_rest = chunk(alphas[n_full * k :], weights[n_full * k :])
         total, metric = total + g_rest, jnp.concatenate([metric, m_rest])
-    return LAIGResult(runs, total / n, metric, alphas)
+    grad = total / n if uniform else total
+    return LAIGResult(runs, grad, metric, alphas, weights)
 
 
 def la_ig(
@@ -211,7 +266,7 @@ def la_ig(
     check_direction(direction, cfg.d_model, "la_ig direction")
     ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
     jb = -1 if jailbreak_token is None else jailbreak_token
-    alphas = jnp.asarray(alpha_schedule(n_steps, alpha_rule))
+    alphas, weights = alpha_schedule(n_steps, alpha_rule)
     return la_ig_fn(
         params,
         cfg,
@@ -220,10 +275,12 @@ def la_ig(
         jnp.asarray(direction),
         refusal_token,
         jb,
-        alphas,
+        jnp.asarray(alphas),
+        jnp.asarray(weights),
         error_mode,
         alpha_batch,
         remat,
+        _is_uniform(alpha_rule),
     )
 
 
@@ -351,11 +408,17 @@ def la_ig_naive(
 
         return jax.grad(metric)(jnp.zeros_like(f_patch))
 
-    grads = [grad_at(jnp.float32(a)) for a in alpha_schedule(n_steps, alpha_rule)]
-    return (f_patch - f_clean) * (sum(grads) / len(grads))
+    alphas, weights = alpha_schedule(n_steps, alpha_rule)
+    grads = [grad_at(jnp.float32(a)) for a in alphas]
+    if _is_uniform(alpha_rule):
+        mean = sum(grads) / len(grads)
+    else:
+        mean = sum(float(w) * g for w, g in zip(weights, grads, strict=True))
+    return (f_patch - f_clean) * mean
 
 
 __all__ = [
+    "ALPHA_RULES",
     "ERROR_MODES",
     "Identity",
     "LAIGResult",

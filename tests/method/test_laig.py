@@ -93,6 +93,6 @@ def test_la_ig_alpha_batching_and_fixed_token(tiny_params):
     # same n_steps as ``a``: the jailbreak token is a traced argument, so no new compile
     fixed = la_ig(tiny_params, CFG, ids, mask, r, refusal_token=7, jailbreak_token=9, n_steps=6)
     assert (np.asarray(fixed.runs.jailbreak_token) == 9).all()
-    np.testing.assert_allclose(alpha_schedule(4), [0, 0.25, 0.5, 0.75])
+    np.testing.assert_allclose(alpha_schedule(4)[0], [0, 0.25, 0.5, 0.75])
     with pytest.raises(ValueError, match="error_mode"):
         la_ig(tiny_params, CFG, ids, mask, r, refusal_token=7, error_mode="bogus")

@@ -1,0 +1,235 @@
+"""LA-IG accuracy of the alpha integral: each quadrature rule against a high-N reference.
+
+LA-IG's attributions are A = (f_patch - f_clean) * int_0^1 dm/df(alpha) d alpha (per feature);
+``alpha_schedule`` approximates the integral with N nodes. Here, for the rules ``left`` (the
+paper), ``midpoint``, ``trapezoid`` and ``gauss`` (Gauss-Legendre) and N in 1..16, the error of
+the position-mean attributions [L, B, S] against Gauss-Legendre with N = 256:
+
+* relative L2 error ||A_N - A_ref|| / ||A_ref||;
+* F* overlap: |top-20 (layer, feature) pairs of the batch-mean attributions, shared with the
+  reference's top 20| / 20.
+
+Two subjects: the organism (``refusal_jax.organism``, its committed SAEs, 8 harmful test prompts,
+the difference-in-means direction of the middle layer) and the Gemma-2-shaped weights and
+JumpReLU SAEs of ``bench_laig.py`` (random init, width 16384, batch 4 x 32 tokens).
+
+Every distinct node is evaluated once (a one-node ``la_ig_fn`` call gives g(alpha), the residual
+gradient at alpha) and each rule's integral is its weighted sum, so the curves cost one gradient
+per distinct node rather than one LA-IG run per (rule, N)::
+
+    cd experiments/benchmarks && python laig_accuracy.py --results RESULTS.md
+
+writes ``laig_accuracy.png`` (error vs N) beside this script and appends the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+from bench_laig import REF, accuracy  # noqa: E402
+from benchutil import machine_info  # noqa: E402
+
+HEADING = "## LA-IG accuracy of the alpha integral (issue 17)"
+RULES = ("left", "midpoint", "trapezoid", "gauss")
+NS = (1, 2, 3, 4, 6, 8, 10, 16)
+
+
+def error_curves(params, cfg, saes, ids, mask, direction, refusal_token, skip=1, ns=NS):
+    """[{rule, n, rel_l2, overlap}] for every rule and N against the REF integral."""
+    import jax.numpy as jnp
+
+    from refusal_jax.method.laig import (
+        alpha_schedule,
+        feature_attributions,
+        la_ig,
+        la_ig_fn,
+        position_weights,
+    )
+
+    ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+    direction = jnp.asarray(direction, jnp.float32)
+    w = position_weights(mask, skip)
+    ref_res = la_ig(
+        params,
+        cfg,
+        ids,
+        mask,
+        direction,
+        refusal_token=refusal_token,
+        n_steps=REF[1],
+        alpha_rule=REF[0],
+        alpha_batch=16,
+    )
+    ref = np.asarray(feature_attributions(ref_res, saes, w))
+    jb = ref_res.runs.jailbreak_token
+    plan: dict[float, list] = {}
+    for rule in RULES:
+        for n in ns:
+            if rule == "trapezoid" and n < 2:
+                continue
+            for a, wt in zip(*alpha_schedule(n, rule), strict=True):
+                plan.setdefault(float(a), []).append(((rule, n), float(wt)))
+    sums: dict = {}
+    one = jnp.ones((1,), jnp.float32)
+    for alpha, uses in sorted(plan.items()):
+        g = la_ig_fn(
+            params,
+            cfg,
+            ids,
+            mask,
+            direction,
+            refusal_token,
+            jb,
+            jnp.asarray([alpha], jnp.float32),
+            one,
+            uniform=False,
+        ).grad
+        for key, wt in uses:
+            sums[key] = sums[key] + wt * g if key in sums else wt * g
+    rows = []
+    for (rule, n), grad in sorted(sums.items()):
+        attr = feature_attributions(ref_res.replace(grad=grad), saes, w)
+        rows.append({"rule": rule, "n": n, **accuracy(attr, ref)})
+    return rows, len(plan)
+
+
+def organism_subject(n_prompts: int = 8):
+    """(params, cfg, saes, ids, mask, direction, refusal_token, description) of the organism."""
+    from refusal_jax.method.direction import refusal_directions
+    from refusal_jax.method.judges import refusal_token
+    from refusal_jax.method.prompts import encode_prompts
+    from refusal_jax.organism import organism_corpus
+    from refusal_jax.study.subject import load_subject
+
+    sub = load_subject()
+    corpus = organism_corpus()
+    harmful = corpus.prompts("train", harmful=True, wrapped=False)[:64]
+    harmless = corpus.prompts("train", harmful=False, wrapped=False)[:64]
+    r = refusal_directions(
+        sub.params,
+        sub.cfg,
+        encode_prompts(sub.tokenizer, harmful),
+        encode_prompts(sub.tokenizer, harmless),
+    )[0, sub.cfg.n_layers // 2]
+    ids, mask = encode_prompts(sub.tokenizer, corpus.prompts("test", harmful=True)[:n_prompts])
+    desc = (
+        f"organism: {sub.cfg.n_layers} layers, d_model {sub.cfg.d_model}, its SAEs (width "
+        f"{sub.saes.W_enc.shape[-1]}), {n_prompts} harmful test prompts x {ids.shape[1]} tokens, "
+        f"direction: difference in means at layer {sub.cfg.n_layers // 2}"
+    )
+    return sub.params, sub.cfg, sub.saes, ids, mask, r, refusal_token(sub.tokenizer), desc
+
+
+def gemma_subject(d_sae: int, batch: int, seq: int, folder: Path):
+    """The Gemma-2-shaped weights and SAEs of bench_laig.py (saved to ``folder``)."""
+    import bench_laig as bl
+    import jax.numpy as jnp
+
+    from ports.hf import load_hf
+    from refusal_jax import sae as sae_lib
+
+    meta = bl.prepare(folder, argparse.Namespace(batch=batch, seq=seq))
+    cfg, params = load_hf(folder)
+    arrays = bl.sae_arrays(meta["thresholds"], d_sae)
+    scfg = sae_lib.SAEConfig(architecture="jumprelu", d_in=cfg.d_model, d_sae=d_sae)
+    saes = sae_lib.SAE(*(jnp.asarray(a) for a in arrays), cfg=scfg)
+    ids, mask = bl.batch_inputs(batch, seq)
+    desc = (
+        f"Gemma-2-shaped (bench_laig.py): {meta['n_params'] / 1e6:.1f}M parameters, JumpReLU "
+        f"SAEs of width {d_sae} at all {cfg.n_layers} layers, batch {batch} x {seq} tokens"
+    )
+    return params, cfg, saes, ids, mask, bl.direction(), bl.REFUSAL_TOKEN, desc
+
+
+def table(rows) -> str:
+    ns = sorted({r["n"] for r in rows})
+    by = {(r["rule"], r["n"]): r for r in rows}
+    out = ["| rule | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    for rule in RULES:
+        cells = []
+        for n in ns:
+            r = by.get((rule, n))
+            cells.append("-" if r is None else f"{r['rel_l2']:.1e} / {r['overlap']:.2f}")
+        out.append(f"| {rule} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(results), figsize=(5.5 * len(results), 7), squeeze=False)
+    for j, (name, rows) in enumerate(results.items()):
+        for rule in RULES:
+            rr = sorted((r for r in rows if r["rule"] == rule), key=lambda r: r["n"])
+            ns = [r["n"] for r in rr]
+            axes[0, j].loglog(ns, [max(r["rel_l2"], 1e-9) for r in rr], "o-", label=rule)
+            axes[1, j].semilogx(ns, [r["overlap"] for r in rr], "o-", label=rule)
+        axes[0, j].set_title(name)
+        axes[0, j].set_ylabel(f"rel. L2 error vs {REF[0]} N={REF[1]}")
+        axes[1, j].set_ylabel("top-20 F* overlap")
+        axes[1, j].set_xlabel("N (alpha steps)")
+        axes[1, j].set_ylim(0, 1.05)
+        for ax in axes[:, j]:
+            ax.axvline(10, color="grey", lw=0.5, ls=":")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> None:
+    import tempfile
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--d-sae", type=int, default=16384)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=32)
+    p.add_argument("--skip-gemma", action="store_true", help="organism only")
+    p.add_argument("--skip-organism", action="store_true", help="Gemma-2-shaped only")
+    p.add_argument("--png", default=str(HERE / "laig_accuracy.png"))
+    p.add_argument("--results", help="append the tables to this Markdown file")
+    args = p.parse_args(argv)
+
+    results, lines = {}, []
+    subjects = [] if args.skip_organism else [("organism", organism_subject)]
+    if not args.skip_gemma:
+        subjects.append(("Gemma-2-shaped", None))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, make in subjects:
+            if make is None:
+                subject = gemma_subject(args.d_sae, args.batch, args.seq, Path(tmp))
+            else:
+                subject = make()
+            *inputs, desc = subject
+            rows, n_nodes = error_curves(*inputs)
+            results[name] = rows
+            lines += [
+                f"{desc}; {n_nodes} distinct nodes; cells: rel. L2 error / F* overlap",
+                "",
+                table(rows),
+                "",
+            ]
+            print("\n".join(lines[-4:]), flush=True)
+    plot(results, Path(args.png))
+    if args.results:
+        stamp = datetime.datetime.now().isoformat(timespec="seconds")
+        text = "\n".join(lines)
+        block = f"\n{HEADING}\n\nRun {stamp}:\n\n```\n{machine_info()}\n```\n\n{text}\n"
+        with open(args.results, "a") as fh:
+            fh.write(block)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""LA-IG quadrature rules: exactness on polynomials, convergence of attributions to a high-N
+reference, and the paper's left rule unchanged."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from refusal_jax import sae as sae_lib
+from refusal_jax.core.config import gemma2_config
+from refusal_jax.core.model import init_params
+from refusal_jax.method.laig import (
+    ALPHA_RULES,
+    alpha_schedule,
+    feature_attributions,
+    la_ig,
+    la_ig_fn,
+    la_ig_naive,
+    position_weights,
+)
+
+CFG = gemma2_config(
+    vocab_size=48,
+    d_model=16,
+    n_layers=2,
+    n_heads=2,
+    n_kv_heads=1,
+    head_dim=8,
+    d_mlp=32,
+    sliding_window=6,
+    eos_token_ids=(1,),
+)
+D_SAE = 40
+# degree up to which each rule is exact (gauss: 2N - 1)
+EXACT_DEGREE = {"left": 0, "right": 0, "midpoint": 1, "trapezoid": 1}
+
+
+@pytest.mark.parametrize("rule", ALPHA_RULES)
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_rule_integrates_polynomials_of_its_order(rule, n):
+    alphas, weights = alpha_schedule(n, rule)
+    assert alphas.shape == weights.shape == (n,)
+    assert alphas.dtype == weights.dtype == np.float32
+    assert ((alphas >= 0) & (alphas <= 1)).all()
+    assert weights.sum() == pytest.approx(1.0, abs=1e-6)
+    a, w = alphas.astype(np.float64), weights.astype(np.float64)
+    exact = 2 * n - 1 if rule == "gauss" else EXACT_DEGREE[rule]
+    for degree in range(exact + 1):
+        # int_0^1 x^d dx = 1 / (d + 1), to float32 rounding of nodes and weights
+        assert (w * a**degree).sum() == pytest.approx(1 / (degree + 1), abs=2e-6), degree
+    # ... and not beyond its order: the next degree is off by more than rounding (Gauss's
+    # error at degree 2N shrinks like 1/(2N)!^2, below float32 rounding from N = 3 on)
+    if rule != "gauss" or n == 2:
+        assert abs((w * a ** (exact + 1)).sum() - 1 / (exact + 2)) > 5e-5
+
+
+def test_rule_values_and_errors():
+    np.testing.assert_array_equal(alpha_schedule(4)[0], np.float32([0, 0.25, 0.5, 0.75]))
+    np.testing.assert_array_equal(alpha_schedule(4)[1], np.full(4, 0.25, np.float32))
+    np.testing.assert_allclose(alpha_schedule(3, "trapezoid")[1], [0.25, 0.5, 0.25])
+    np.testing.assert_allclose(alpha_schedule(1, "gauss"), ([0.5], [1.0]))
+    with pytest.raises(ValueError, match="unknown alpha rule 'simpson'"):
+        alpha_schedule(4, "simpson")
+    with pytest.raises(ValueError, match="trapezoid rule needs n_steps >= 2"):
+        alpha_schedule(1, "trapezoid")
+    with pytest.raises(ValueError, match="n_steps must be a positive int"):
+        alpha_schedule(0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    p = init_params(CFG, jax.random.PRNGKey(0), scale=0.3)
+    params = p | {"embed": p["embed"] * 0.2}
+    keys = jax.random.split(jax.random.PRNGKey(7), CFG.n_layers)
+    scfg = sae_lib.SAEConfig(architecture="jumprelu", d_in=CFG.d_model, d_sae=D_SAE)
+    layers = []
+    for k in keys:
+        k1, k2 = jax.random.split(k)
+        w_dec = jax.random.normal(k1, (D_SAE, CFG.d_model))
+        w_dec = w_dec / jnp.linalg.norm(w_dec, axis=-1, keepdims=True)
+        layers.append(
+            sae_lib.SAE(
+                W_enc=w_dec.T * 0.5,
+                b_enc=jnp.zeros((D_SAE,)),
+                W_dec=w_dec,
+                b_dec=0.1 * jax.random.normal(k2, (CFG.d_model,)),
+                threshold=jnp.full((D_SAE,), 0.2),
+                cfg=scfg,
+            )
+        )
+    ids = jnp.asarray([[0, 2, 5, 9, 11, 3], [2, 7, 8, 4, 6, 10]], jnp.int32)
+    mask = jnp.asarray([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], jnp.int32)
+    r = jax.random.normal(jax.random.PRNGKey(5), (CFG.d_model,)) * 4
+    return params, sae_lib.stack_saes(layers), ids, mask, r
+
+
+def _attr(model, n, rule):
+    params, saes, ids, mask, r = model
+    res = la_ig(
+        params, CFG, ids, mask, r, refusal_token=7, n_steps=n, alpha_rule=rule, alpha_batch=16
+    )
+    return np.asarray(feature_attributions(res, saes, position_weights(mask)))
+
+
+@pytest.mark.slow
+def test_attributions_converge_to_high_n_reference(model):
+    ref = _attr(model, 256, "gauss")
+    assert np.abs(ref).max() > 1e-3, "attributions vanished: the test would prove little"
+
+    def err(n, rule):
+        return np.linalg.norm(_attr(model, n, rule) - ref) / np.linalg.norm(ref)
+
+    # one compiled program per (N, uniform or weighted): rules of the same N share it
+    errors = {rule: [err(n, rule) for n in (2, 4, 16)] for rule in ALPHA_RULES}
+    for rule, (e2, e4, e16) in errors.items():
+        assert e16 < e4 < e2, (rule, errors[rule])
+    for rule in ("midpoint", "trapezoid"):
+        # second order: 4x more steps cut the error by well over 4x (first order: ~4x)
+        assert errors[rule][2] < errors[rule][1] / 8, (rule, errors[rule])
+    for rule in ("midpoint", "trapezoid", "gauss"):
+        assert errors[rule][2] < errors["left"][2] / 10, (rule, errors)
+    # Gauss-Legendre: at float32 rounding of the reference from N = 4 on
+    assert errors["gauss"][1] < 1e-5, errors["gauss"]
+
+
+def test_weighted_path_matches_naive_and_uniform_path(model):
+    """Weights go through the scanned/vmapped path and the reference path alike; the uniform
+    path (left: grads summed then divided by N) equals the weighted one given weights 1/N."""
+    params, saes, ids, mask, r = model
+    fast = la_ig(params, CFG, ids, mask, r, refusal_token=7, n_steps=3, alpha_rule="gauss")
+    per_token = feature_attributions(fast, saes, jnp.ones(mask.shape), per_token=True)
+    naive = la_ig_naive(
+        params, CFG, saes, ids, mask, r, refusal_token=7, n_steps=3, alpha_rule="gauss"
+    )
+    valid = np.asarray(mask, bool)
+    ref = np.asarray(naive)[:, valid]
+    assert np.abs(ref).max() > 1e-3
+    np.testing.assert_allclose(
+        np.asarray(per_token)[:, valid], ref, atol=1e-5 * np.abs(ref).max(), rtol=1e-4
+    )
+    np.testing.assert_array_equal(np.asarray(fast.weights), alpha_schedule(3, "gauss")[1])
+
+    alphas, weights = (jnp.asarray(a) for a in alpha_schedule(10, "left"))
+    args = (params, CFG, ids, mask, r, 7, -1, alphas, weights)
+    uniform = la_ig_fn(*args, uniform=True)
+    weighted = la_ig_fn(*args, uniform=False, alpha_batch=4)
+    left = la_ig(params, CFG, ids, mask, r, refusal_token=7, n_steps=10)
+    np.testing.assert_array_equal(np.asarray(left.grad), np.asarray(uniform.grad))
+    np.testing.assert_allclose(
+        np.asarray(weighted.grad), np.asarray(uniform.grad), rtol=1e-5, atol=1e-7
+    )
