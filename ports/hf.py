@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ports.registry import resolve_model
 from ports.safetensors_io import CheckpointError, load_file, read_header, save_file
 from refusal_jax.core import layout
 from refusal_jax.core.checkpoint import save_model
@@ -166,7 +167,7 @@ def load_hf_params(folder, cfg: ModelConfig, dtype=jnp.float32, mesh=None) -> di
 
 
 def read_hf_config(folder) -> tuple[ModelConfig, dict]:
-    path = Path(folder) / "config.json"
+    path = resolve_model(folder) / "config.json"
     if not path.exists():
         raise CheckpointError(f"{folder}: no config.json")
     hf = json.loads(path.read_text())
@@ -176,7 +177,9 @@ def read_hf_config(folder) -> tuple[ModelConfig, dict]:
 def load_hf(folder, dtype=jnp.float32, mesh=None) -> tuple[ModelConfig, dict]:
     """Load an HF folder: returns ``(cfg, params)`` in ``dtype`` (float32 or bfloat16); with a
     ``mesh``, sharded over it as it loads (see :func:`load_hf_params`; multi-host: every process
-    calls it with the same mesh)."""
+    calls it with the same mesh). ``folder`` may be a hub id (``google/gemma-2-2b-it``) found in
+    the local Hugging Face cache (:func:`ports.registry.resolve_model`, offline)."""
+    folder = resolve_model(folder)
     cfg, _ = read_hf_config(folder)
     return cfg, load_hf_params(folder, cfg, dtype, mesh)
 

@@ -12,14 +12,24 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from ports.registry import NotCachedError
 from refusal_jax.method.judges import PROMPTS, ClassifierJudge
 from refusal_jax.study.runs import new_run_folder
 from refusal_jax.study.subject import Subject, load_classifier, load_subject
 
 
 def add_subject_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", help="converted (python -m ports.hf) or HF model folder")
-    p.add_argument("--sae-dir", help="per-layer SAE folder (GemmaScope tree, SAELens, ...)")
+    p.add_argument(
+        "--model-dir",
+        "--model",
+        dest="model_dir",
+        help="converted (python -m ports.hf) or HF model folder, or a hub id in the local HF cache",
+    )
+    p.add_argument(
+        "--sae-dir",
+        help="per-layer SAE folder (GemmaScope tree, Gemma Scope 2, SAELens, ...) or a release "
+        "name in the local HF cache (gemma-scope-2b-pt-res, gemma-scope-2-1b-it, ...)",
+    )
     p.add_argument("--sae-width", help="GemmaScope width folder, e.g. 65k (auto if only one)")
     p.add_argument("--target-l0", type=float, default=100.0)
     p.add_argument("--data-dir", help="refusal_direction data (or $REFUSAL_JAX_DATA)")
@@ -36,15 +46,18 @@ def subject_from_args(args: argparse.Namespace, **kwargs) -> Subject:
     keyword arguments, e.g. ``mesh``, ``dtype``, ``with_saes``)."""
     if args.model_dir and not args.sae_dir and kwargs.get("with_saes", True):
         raise SystemExit("--model-dir needs --sae-dir (SAEs for that model)")
-    return load_subject(
-        args.model_dir,
-        args.sae_dir,
-        sae_width=args.sae_width,
-        target_l0=args.target_l0,
-        data_dir=args.data_dir,
-        skip_positions=args.skip_positions,
-        **kwargs,
-    )
+    try:
+        return load_subject(
+            args.model_dir,
+            args.sae_dir,
+            sae_width=args.sae_width,
+            target_l0=args.target_l0,
+            data_dir=args.data_dir,
+            skip_positions=args.skip_positions,
+            **kwargs,
+        )
+    except NotCachedError as e:  # a hub id / release not downloaded: say what to download
+        raise SystemExit(str(e)) from None
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:

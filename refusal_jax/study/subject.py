@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from transformers import AutoTokenizer
 
 from ports.loading import load_model
+from ports.registry import resolve_model, resolve_sae_dir
 from ports.sae import load_saes
 from refusal_jax.core.sharding import host_device, shard_saes
 from refusal_jax.method.judges import HARMBENCH_PROMPT, ClassifierJudge
@@ -132,9 +133,15 @@ def load_subject(
 ) -> Subject:
     """The organism (no ``model_dir``; ``sae_dir`` defaults to its committed SAEs) or a converted
     or Hugging Face model folder with ``sae_dir``. With a ``mesh`` the parameters and SAEs are
-    placed on their shards while they load; ``dtype`` casts both."""
+    placed on their shards while they load; ``dtype`` casts both. ``model_dir`` may be a hub id
+    (``google/gemma-2-2b-it``) and ``sae_dir`` a release name of
+    :data:`ports.registry.RELEASES` (``gemma-scope-2b-pt-res``, ``gemma-scope-2-1b-it``, ...),
+    both read from the local Hugging Face cache."""
     skip = 1 if skip_positions is None else skip_positions
+    if sae_dir:
+        sae_dir = resolve_sae_dir(sae_dir)
     if model_dir is not None:
+        model_dir = resolve_model(model_dir)
         if with_saes and not sae_dir:
             raise ValueError("a model folder needs its SAEs (sae_dir / --sae-dir)")
         cfg, params = load_model(model_dir, mesh=mesh, dtype=dtype)
