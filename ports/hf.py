@@ -9,7 +9,9 @@ once into an orbax checkpoint that :func:`ports.loading.load_model` restores fas
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -17,9 +19,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ports.convert import converter_args, save_converted
-from ports.safetensors_io import CheckpointError, load_file, read_header, save_file
+from ports.registry import resolve_model
+from ports.safetensors_io import DTYPES, CheckpointError, read_header, save_file
 from refusal_jax.core import layout
 from refusal_jax.core.config import ModelConfig, UnsupportedConfigError, config_from_hf
 from refusal_jax.core.errors import nonfinite_rows, run_cli
@@ -84,73 +89,129 @@ def _tensor_index(folder: Path) -> dict[str, Path]:
 
 
 class _Reader:
+    """Tensors of a folder's safetensors files, each opened as its own read-only memmap when it
+    is used: dropping the array unmaps it, so pages read from disk leave the process with it."""
+
     def __init__(self, folder: Path):
         self.index = _tensor_index(folder)
-        self.files: dict[Path, dict] = {}
+        self.headers: dict[Path, tuple[dict, int]] = {}
         self.used: set[str] = set()
 
     def view(self, name: str, shape: tuple, transpose: bool) -> np.ndarray:
-        """The stored tensor in our layout, still memmapped (no bytes read yet)."""
+        """The stored tensor in our layout, memmapped (no bytes read yet)."""
         if name not in self.index:
             raise CheckpointError(f"missing tensor {name!r} in checkpoint")
         path = self.index[name]
-        if path not in self.files:
+        if path not in self.headers:
             if not path.exists():
                 raise CheckpointError(f"shard {path.name} listed for {name!r} does not exist")
-            self.files[path] = load_file(path)
-        arr = self.files[path][name]
-        if transpose:
-            arr = arr.T
-        if tuple(arr.shape) != tuple(shape):
-            stored = tuple(arr.T.shape) if transpose else tuple(arr.shape)
-            want = tuple(reversed(shape)) if transpose else tuple(shape)
+            self.headers[path] = read_header(path)
+        header, start = self.headers[path]
+        info = header.get(name)
+        if info is None:
+            raise CheckpointError(f"{path.name}: no tensor {name!r} (the index lists it there)")
+        if info["dtype"] not in DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        dtype, (b, e) = DTYPES[info["dtype"]], info["data_offsets"]
+        stored = tuple(int(n) for n in info["shape"])
+        if e - b != dtype.itemsize * math.prod(stored):
+            raise CheckpointError(f"{path}: tensor {name!r} has {e - b} bytes for shape {stored}")
+        want = tuple(reversed(shape)) if transpose else tuple(shape)
+        if stored != want:
             raise CheckpointError(f"tensor {name!r} has shape {stored}, the config implies {want}")
+        if e == b:
+            arr = np.zeros(stored, dtype)
+        else:
+            arr = np.memmap(path, dtype=dtype, mode="r", offset=start + b, shape=stored)
         self.used.add(name)
-        return arr
-
-    def get(self, name: str, shape: tuple, transpose: bool, dtype) -> np.ndarray:
-        return np.asarray(self.view(name, shape, transpose), dtype=dtype)
+        return arr.T if transpose else arr
 
 
-def _place(views: list[np.ndarray], stacked: bool, dtype, sharding) -> jax.Array:
-    """One parameter from memmapped tensors (one per layer when ``stacked``). With a
-    ``sharding``, each device's slice is read from disk and converted on its own, so neither
-    host nor device memory ever holds more than the slices one process needs."""
+def _host_slice(view: np.ndarray, idx, dtype) -> np.ndarray:
+    """``view[idx]`` read from disk into a fresh host array of ``dtype`` (never a memmap)."""
+    return np.array(view[idx], dtype=dtype, copy=True)
 
-    def read(idx):
-        if not stacked:
-            return np.asarray(views[0][idx], dtype=dtype)
-        layer_idx, rest = idx[0], idx[1:]
-        return np.stack([np.asarray(v[rest], dtype=dtype) for v in views[layer_idx]])
 
-    shape = ((len(views),) if stacked else ()) + tuple(views[0].shape)
-    full = (slice(None),) * len(shape)
-    if sharding is None:
-        return jnp.asarray(read(full))
-    return jax.make_array_from_callback(shape, sharding, lambda idx: read(tuple(idx)))
+@functools.cache
+def _zeros_fn(shape: tuple, dtype, sharding):
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+
+
+@functools.cache
+def _set_layer_fn(sharding):
+    """buf.at[i].set(x) updating ``buf`` in place (donated), output on ``sharding``."""
+    return jax.jit(
+        lambda buf, x, i: jax.lax.dynamic_update_index_in_dim(buf, x, i, 0),
+        out_shardings=sharding,
+        donate_argnums=0,
+    )
+
+
+def _place(views, stacked: bool, dtype, sharding) -> jax.Array:
+    """One parameter from memmapped tensors (one per layer when ``stacked``) onto ``sharding``.
+
+    Each device's slice is read from disk, converted and transferred on its own. A stacked
+    parameter is built one layer at a time: an array of zeros is allocated on its shards, then
+    each layer is placed on the matching per-layer sharding and written into it in place (a
+    donated update), so the host holds at most one layer's slices besides what is on the
+    devices."""
+    if not stacked:
+        (only,) = views
+        return jax.make_array_from_callback(
+            only.shape, sharding, lambda idx: _host_slice(only, idx, dtype)
+        )
+    shape = (len(views),) + tuple(views[0].shape)
+    layer_sharding = _layer_sharding(sharding)
+    buf = _zeros_fn(shape, np.dtype(dtype), sharding)()
+    update = _set_layer_fn(sharding)
+    for i in range(len(views)):
+        view = views[i]
+        views[i] = None  # drop the memmap with the layer
+        x = jax.make_array_from_callback(
+            view.shape, layer_sharding, lambda idx, v=view: _host_slice(v, idx, dtype)
+        )
+        buf = update(buf, x, np.int32(i))
+        del x, view
+    return buf
+
+
+def _layer_sharding(sharding):
+    """The sharding of one layer of a stacked parameter (its leading layer axis removed)."""
+    if isinstance(sharding, NamedSharding):
+        spec = tuple(sharding.spec)
+        return NamedSharding(sharding.mesh, P(*spec[1:]))
+    return sharding  # single device
 
 
 def load_hf_params(folder, cfg: ModelConfig, dtype=jnp.float32, mesh=None) -> dict:
-    """Read the safetensors of an HF folder into our parameter pytree (numpy -> jax).
+    """Read the safetensors of an HF folder into our parameter pytree.
 
-    With a ``mesh`` (:func:`refusal_jax.core.sharding.make_mesh`) every tensor goes straight to its
-    shards as it is read (:func:`refusal_jax.core.sharding.param_specs`): each device's slice is
-    read from the memmapped files and transferred on its own, so no device (and no host) ever holds
-    the whole model; on several hosts each process reads only its own devices' slices."""
+    The files are memory-mapped and read one tensor (per layer) at a time, straight onto its
+    device: peak host memory stays near the final parameters plus one layer's tensor (measured
+    in experiments/benchmarks/RESULTS.md, "Loading"). With a ``mesh``
+    (:func:`refusal_jax.core.sharding.make_mesh`) every tensor goes straight to its shards
+    (:func:`refusal_jax.core.sharding.param_specs`): each device's slice is read and transferred
+    on its own, so no device ever holds the whole model; on several hosts each process reads only
+    its own devices' slices (every process calls this with the same mesh)."""
     folder = Path(folder)
-    place = None if mesh is None else param_shardings(cfg, mesh)
+    if mesh is None:
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        place = jax.tree.map(lambda _: one, layout.logical_axes(cfg), is_leaf=_is_axes)
+    else:
+        place = param_shardings(cfg, mesh)
     np_dtype = np.dtype(jnp.dtype(dtype))
     r = _Reader(folder)
     names, multimodal = _checkpoint_names(r.index)
     params: dict = {"layers": {}}
     for p in layout.params(cfg):
-        sharding = None if place is None else (place["layers"] if p.per_layer else place)[p.key]
+        sharding = (place["layers"] if p.per_layer else place)[p.key]
         shape = p.shape(cfg)[1:] if p.per_layer else p.shape(cfg)  # one tensor, our layout
         layers = range(cfg.n_layers) if p.per_layer else [None]
         views = [r.view(_renamed(p.hf_name(i), names), shape, p.transpose) for i in layers]
         (params["layers"] if p.per_layer else params)[p.key] = _place(
             views, p.per_layer, np_dtype, sharding
         )
+        del views
     ignorable = ("rotary_emb.inv_freq", "lm_head.weight")
     unused = [
         n
@@ -171,8 +232,12 @@ def load_hf_params(folder, cfg: ModelConfig, dtype=jnp.float32, mesh=None) -> di
     return params
 
 
+def _is_axes(x) -> bool:
+    return isinstance(x, tuple)
+
+
 def read_hf_config(folder) -> tuple[ModelConfig, dict]:
-    path = Path(folder) / "config.json"
+    path = resolve_model(folder) / "config.json"
     if not path.exists():
         raise CheckpointError(f"{folder}: no config.json")
     try:
@@ -190,7 +255,9 @@ def read_hf_config(folder) -> tuple[ModelConfig, dict]:
 def load_hf(folder, dtype=jnp.float32, mesh=None) -> tuple[ModelConfig, dict]:
     """Load an HF folder: returns ``(cfg, params)`` in ``dtype`` (float32 or bfloat16); with a
     ``mesh``, sharded over it as it loads (see :func:`load_hf_params`; multi-host: every process
-    calls it with the same mesh)."""
+    calls it with the same mesh). ``folder`` may be a hub id (``google/gemma-2-2b-it``) found in
+    the local Hugging Face cache (:func:`ports.registry.resolve_model`, offline)."""
+    folder = resolve_model(folder)
     cfg, _ = read_hf_config(folder)
     return cfg, load_hf_params(folder, cfg, dtype, mesh)
 

@@ -8,6 +8,13 @@ Layouts (see docs/FORMATS.md):
 
 - GemmaScope: ``params.npz`` with ``W_enc [d, S]``, ``W_dec [S, d]``, ``b_enc [S]``, ``b_dec [d]``,
   ``threshold [S]``; tree ``layer_{l}/width_{w}/average_l0_{n}/params.npz``.
+- Gemma Scope 2 (Gemma 3): ``params.safetensors`` with lower-case ``w_enc [d, S]``,
+  ``w_dec [S, d]``, ``b_enc``, ``b_dec``, ``threshold`` and a ``config.json`` (``hf_hook_point_in``
+  ``model.layers.{l}.output``, ``width``, ``l0``, ``architecture`` "jump_relu", ``type``);
+  folders ``<site>/layer_{l}_width_{w}_l0_{small|medium|big}[_affine]`` in the
+  ``google/gemma-scope-2-<size>-<pt|it>`` repositories. Same JumpReLU as GemmaScope (no input
+  normalization, b_dec not subtracted). Transcoders (``affine_skip_connection``, MLP-in ->
+  MLP-out hooks) are refused: the method clamps residual-stream features.
 - SAELens: ``cfg.json`` + ``sae_weights.safetensors`` (same array names and orientation).
 - LlamaScope: ``hyperparams.json`` + ``checkpoints/final.safetensors`` with ``encoder.weight
   [S, d]``, ``encoder.bias``, ``decoder.weight [d, S]``, ``decoder.bias``; dataset-wise input
@@ -41,6 +48,10 @@ SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
 LLAMASCOPE_CFG, LLAMASCOPE_WEIGHTS = "hyperparams.json", "checkpoints/final.safetensors"
 GEMMASCOPE_FILE = "params.npz"
+GEMMASCOPE2_FILE, GEMMASCOPE2_CFG = "params.safetensors", "config.json"
+# Gemma Scope 2 sites that hold residual-stream SAEs, searched in this order under a release root.
+GEMMASCOPE2_RESID_SITES = ("resid_post_all", "resid_post")
+GEMMASCOPE2_DIR_RE = re.compile(r"^layer_(\d+)_width_(\d+[km]?)_l0_([a-z0-9]+?)(_affine)?$")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -208,6 +219,113 @@ def find_gemmascope(root, layer: int, width, target_l0: float = 100) -> Path:
     if not cands:
         raise FileNotFoundError(f"{wdirs[0]}: no average_l0_*/{GEMMASCOPE_FILE}")
     return min(cands, key=lambda c: (c[0], c[1]))[2] / GEMMASCOPE_FILE
+
+
+# ----------------------------------------------------------------------------- Gemma Scope 2
+def load_gemmascope2(folder, expected_d_in=None, dtype=jnp.float32) -> SAE:
+    """A Gemma Scope 2 residual-stream JumpReLU SAE: a folder with ``params.safetensors``
+    (``w_enc [d, S]``, ``w_dec [S, d]``, ``b_enc [S]``, ``b_dec [d]``, ``threshold [S]``) and,
+    as released, ``config.json``. Encodes ``f = relu(pre) * (pre > threshold)`` with
+    ``pre = x @ w_enc + b_enc`` and decodes ``f @ w_dec + b_dec`` (no normalization, b_dec not
+    subtracted from the input). Transcoders and non-JumpReLU configs raise
+    :class:`SAEFormatError`."""
+    folder = Path(folder)
+    if folder.name == GEMMASCOPE2_FILE:
+        folder = folder.parent
+    wpath = folder / GEMMASCOPE2_FILE
+    if not wpath.exists():
+        raise SAEFormatError(f"{wpath}: file not found")
+    raw = _read_json(folder / GEMMASCOPE2_CFG) if (folder / GEMMASCOPE2_CFG).exists() else {}
+    where = folder / GEMMASCOPE2_CFG
+    arch = str(raw.get("architecture", "jump_relu")).lower()
+    if arch not in ("jump_relu", "jumprelu"):
+        raise SAEFormatError(f"{where}: architecture {arch!r} is not supported (jump_relu)")
+    arrays = dict(load_file(wpath))
+    hook_in, hook_out = raw.get("hf_hook_point_in"), raw.get("hf_hook_point_out")
+    if (
+        "affine_skip_connection" in arrays
+        or str(raw.get("type", "sae")).lower() == "transcoder"
+        or (hook_in and hook_out and hook_in != hook_out)
+    ):
+        raise SAEFormatError(
+            f"{folder}: a Gemma Scope 2 transcoder (reads {hook_in}, writes {hook_out}); the "
+            "method needs residual-stream SAEs (resid_post / resid_post_all)"
+        )
+    renamed = {"W_enc": "w_enc", "W_dec": "w_dec", "b_enc": "b_enc", "b_dec": "b_dec"}
+    out = {ours: _get(arrays, theirs, wpath) for ours, theirs in renamed.items()}
+    out["threshold"] = _get(arrays, "threshold", wpath)
+    if out["W_enc"].ndim != 2:
+        raise SAEFormatError(f"{wpath}: w_enc must be 2-D [d_in, d_sae], got {out['W_enc'].shape}")
+    d_in, d_sae = (int(n) for n in out["W_enc"].shape)
+    if raw.get("width") is not None and int(raw["width"]) != d_sae:
+        raise SAEFormatError(f"{where}: width={raw['width']} but w_enc gives {d_sae}")
+    cfg = SAEConfig("jumprelu", d_in, d_sae)
+    return _build(out, cfg, wpath, expected_d_in, dtype)
+
+
+def gemmascope2_layer(folder) -> int | None:
+    """The layer of a Gemma Scope 2 folder: ``config.json``'s ``hf_hook_point_in``
+    (``model.layers.{l}.output``), else the folder name ``layer_{l}_width_...``."""
+    folder = Path(folder)
+    if (folder / GEMMASCOPE2_CFG).exists():
+        hook = str(_read_json(folder / GEMMASCOPE2_CFG).get("hf_hook_point_in") or "")
+        m = re.match(r"^(?:model\.)?(?:language_model\.)?layers\.(\d+)\.output$", hook)
+        if m:
+            return int(m.group(1))
+    m = GEMMASCOPE2_DIR_RE.match(folder.name)
+    return int(m.group(1)) if m else None
+
+
+def gemmascope2_site(root) -> Path:
+    """The folder holding ``layer_*_width_*_l0_*`` SAE folders: ``root`` itself, or its
+    residual-stream site (``resid_post_all``, else ``resid_post``) when ``root`` is a release."""
+    root = Path(root)
+    for site in GEMMASCOPE2_RESID_SITES:
+        if (root / site).is_dir():
+            return root / site
+    return root
+
+
+def _gemmascope2_l0(folder: Path) -> float | None:
+    if (folder / GEMMASCOPE2_CFG).exists():
+        l0 = _read_json(folder / GEMMASCOPE2_CFG).get("l0")
+        return None if l0 is None else float(l0)
+    return None
+
+
+def find_gemmascope2(root, layer: int, width=None, target_l0: float = 100) -> Path:
+    """The Gemma Scope 2 folder ``layer_{layer}_width_{w}_l0_*`` under ``root`` (a site folder
+    or a release root) whose ``config.json`` ``l0`` is closest to ``target_l0`` (ties: the
+    smaller). ``width`` is an int (16384) or a tag ("16k"); None when only one width exists."""
+    site = gemmascope2_site(root)
+    cands = []
+    for d in sorted(site.iterdir()) if site.is_dir() else []:
+        m = GEMMASCOPE2_DIR_RE.match(d.name)
+        if m and int(m.group(1)) == layer and not m.group(4) and (d / GEMMASCOPE2_FILE).exists():
+            cands.append((d, m.group(2)))
+    if not cands:
+        raise FileNotFoundError(f"{site}: no layer_{layer}_width_*_l0_*/{GEMMASCOPE2_FILE}")
+    widths = sorted({w for _, w in cands})
+    if width is None:
+        if len(widths) > 1:
+            raise ValueError(
+                f"{site}: layer {layer} has widths {widths}: pass width= (--sae-width)"
+            )
+        want = _parse_width(f"width_{widths[0]}")
+    else:
+        want = _parse_width(f"width_{width}") if isinstance(width, str) else int(width)
+    cands = [d for d, w in cands if _parse_width(f"width_{w}") == want]
+    if not cands:
+        raise FileNotFoundError(f"{site}: layer {layer} has no width {width} (have {widths})")
+    if len(cands) == 1:
+        return cands[0]
+    l0s = [(_gemmascope2_l0(d), d) for d in cands]
+    if any(l0 is None for l0, _ in l0s):
+        raise SAEFormatError(
+            f"{site}: several L0s for layer {layer} ({[d.name for d in cands]}) and a "
+            f"{GEMMASCOPE2_CFG} without 'l0' to choose by"
+        )
+    return min(l0s, key=lambda c: (abs(c[0] - target_l0), c[0]))[1]
 
 
 # ----------------------------------------------------------------------------- SAELens
@@ -430,10 +548,13 @@ def load_sparsify(folder, expected_d_in=None, dtype=jnp.float32) -> SAE:
 
 # ----------------------------------------------------------------------------- sniffing
 def detect_format(path) -> str:
-    """One of "gemmascope", "saelens", "llamascope", "sparsify" for a file or folder."""
+    """One of "gemmascope", "gemmascope2", "saelens", "llamascope", "sparsify" for a file or
+    folder."""
     path = Path(path)
     if path.suffix == ".npz" or (path / GEMMASCOPE_FILE).exists():
         return "gemmascope"
+    if path.name == GEMMASCOPE2_FILE or (path / GEMMASCOPE2_FILE).exists():
+        return "gemmascope2"
     if (path / LLAMASCOPE_CFG).exists():
         return "llamascope"
     if (path / SAELENS_WEIGHTS).exists():
@@ -441,13 +562,14 @@ def detect_format(path) -> str:
     if (path / SPARSIFY_WEIGHTS).exists():
         return "sparsify"
     raise SAEFormatError(
-        f"{path}: no SAE found (expected {GEMMASCOPE_FILE}, {LLAMASCOPE_CFG}, "
+        f"{path}: no SAE found (expected {GEMMASCOPE_FILE}, {GEMMASCOPE2_FILE}, {LLAMASCOPE_CFG}, "
         f"{SAELENS_CFG} + {SAELENS_WEIGHTS}, or {SAELENS_CFG} + {SPARSIFY_WEIGHTS})"
     )
 
 
 LOADERS = {
     "gemmascope": load_gemmascope,
+    "gemmascope2": load_gemmascope2,
     "saelens": load_saelens,
     "llamascope": load_llamascope,
     "sparsify": load_sparsify,
@@ -484,15 +606,34 @@ def load_sae_set(root, layers=None, width=None, target_l0: float = 100, **kw) ->
     """All SAEs under ``root`` as ``{layer: SAE}``.
 
     A GemmaScope tree (``layer_{l}/width_*/average_l0_*``) needs ``width`` and picks the L0
-    closest to ``target_l0`` per layer. Otherwise every immediate subfolder holding an SAE is
-    loaded, its layer taken from the folder name (``layer_3``, ``...-L15R-8x``, ``layers.3``) or
-    from a SAELens ``hook_name`` (``blocks.3.hook_resid_post``). ``layers`` restricts the set.
+    closest to ``target_l0`` per layer; so does a Gemma Scope 2 site folder
+    (``layer_{l}_width_{w}_l0_{tag}``, or a release root holding ``resid_post_all``), whose
+    ``width`` may be omitted when it has one width. Otherwise every immediate subfolder holding
+    an SAE is loaded, its layer taken from the folder name (``layer_3``, ``...-L15R-8x``,
+    ``layers.3``) or from a SAELens ``hook_name`` (``blocks.3.hook_resid_post``). ``layers``
+    restricts the set.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no SAE folder {root}")
     want = None if layers is None else {int(i) for i in layers}
     out: dict[int, SAE] = {}
+    site = gemmascope2_site(root)
+    gs2 = sorted(
+        {int(m.group(1)) for d in site.iterdir() if (m := GEMMASCOPE2_DIR_RE.match(d.name))}
+    )
+    if gs2:
+        for layer in gs2:
+            if want is None or layer in want:
+                d = find_gemmascope2(site, layer, width, target_l0)
+                if gemmascope2_layer(d) != layer:
+                    raise SAEFormatError(
+                        f"{d}: config.json hooks layer {gemmascope2_layer(d)}, folder says {layer}"
+                    )
+                out[layer] = load_gemmascope2(d, **kw)
+        if want is not None and want - set(out):
+            raise FileNotFoundError(f"{site}: no SAE for layers {sorted(want - set(out))}")
+        return dict(sorted(out.items()))
     subdirs = sorted(d for d in root.iterdir() if d.is_dir())
     gemma = [d for d in subdirs if re.match(r"^layer_\d+$", d.name) and not _is_sae_dir(d)]
     if gemma:

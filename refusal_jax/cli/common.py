@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from ports.registry import NotCachedError
 from refusal_jax.core.errors import UsageError
 from refusal_jax.core.identity import Identity, IdentityMismatch, describe_input
 from refusal_jax.method.judges import PROMPTS, ClassifierJudge
@@ -98,8 +99,17 @@ def _skip_positions(text: str) -> int | str:
 
 
 def add_subject_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", help="converted (python -m ports.hf) or HF model folder")
-    p.add_argument("--sae-dir", help="per-layer SAE folder (GemmaScope tree, SAELens, ...)")
+    p.add_argument(
+        "--model-dir",
+        "--model",
+        dest="model_dir",
+        help="converted (python -m ports.hf) or HF model folder, or a hub id in the local HF cache",
+    )
+    p.add_argument(
+        "--sae-dir",
+        help="per-layer SAE folder (GemmaScope tree, Gemma Scope 2, SAELens, ...) or a release "
+        "name in the local HF cache (gemma-scope-2b-pt-res, gemma-scope-2-1b-it, ...)",
+    )
     p.add_argument("--sae-width", help="GemmaScope width folder, e.g. 65k (auto if only one)")
     p.add_argument("--target-l0", type=float, default=100.0)
     p.add_argument("--data-dir", help="refusal_direction data (or $REFUSAL_JAX_DATA)")
@@ -133,16 +143,19 @@ def subject_from_args(args: argparse.Namespace, **kwargs) -> Subject:
                     f"{_flag(name)} applies to a real model (--model-dir); the organism uses "
                     "its own corpus"
                 )
-    subject = load_subject(
-        args.model_dir,
-        args.sae_dir,
-        sae_width=args.sae_width,
-        target_l0=args.target_l0,
-        data_dir=args.data_dir,
-        skip_positions=args.skip_positions,
-        sae_layers=args.sae_layers,
-        **kwargs,
-    )
+    try:
+        subject = load_subject(
+            args.model_dir,
+            args.sae_dir,
+            sae_width=args.sae_width,
+            target_l0=args.target_l0,
+            data_dir=args.data_dir,
+            skip_positions=args.skip_positions,
+            sae_layers=args.sae_layers,
+            **kwargs,
+        )
+    except NotCachedError as e:  # a hub id / release not downloaded: say what to download
+        raise UsageError(str(e)) from None
     check_args(args, subject)
     return subject
 

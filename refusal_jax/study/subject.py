@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from transformers import AutoTokenizer
 
 from ports.loading import load_model
+from ports.registry import resolve_model, resolve_sae_dir
 from ports.sae import load_saes
 from refusal_jax.core.identity import (
     Identity,
@@ -164,10 +165,15 @@ def load_subject(
     placed on their shards while they load; ``dtype`` casts both. Every layer needs an SAE of
     the model's d_model unless ``sae_layers`` restricts them (see :func:`ports.sae.load_saes`).
     ``skip_positions``: the LA-IG / act position rule (default 1 on the organism, "content" on
-    a model folder)."""
+    a model folder). ``model_dir`` may be a hub id (``google/gemma-2-2b-it``) and ``sae_dir`` a
+    release name of :data:`ports.registry.RELEASES` (``gemma-scope-2b-pt-res``,
+    ``gemma-scope-2-1b-it``, ...), both read from the local Hugging Face cache."""
     default_skip = 1 if model_dir is None else "content"
     skip = default_skip if skip_positions is None else skip_positions
+    if sae_dir:
+        sae_dir = resolve_sae_dir(sae_dir)
     if model_dir is not None:
+        model_dir = resolve_model(model_dir)
         if with_saes and not sae_dir:
             raise ValueError("a model folder needs its SAEs (sae_dir / --sae-dir)")
         cfg, params = load_model(model_dir, mesh=mesh, dtype=dtype)

@@ -4,6 +4,7 @@ checkpoint round trips and clear errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -173,6 +174,27 @@ def test_sharded_checkpoint_loads(tiny4_params, tmp_path):
     np.testing.assert_array_equal(
         np.asarray(p["layers"]["q"]), np.asarray(tiny4_params["layers"]["q"])
     )
+
+
+def test_loading_leaves_no_file_mapped_and_copies_every_array(tiny4_params, tmp_path):
+    """load_hf reads through per-tensor memmaps that it drops: afterwards no safetensors file of
+    the folder is still mapped (its pages would count in the process's memory), and the
+    parameters own their memory (editing the file on disk does not change them)."""
+    import gc
+
+    save_hf(tiny4_params, CFG, tmp_path)
+    _, p = load_hf(tmp_path)
+    gc.collect()
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(tmp_path / "model.safetensors") not in maps.read_text()
+    blob = bytearray((tmp_path / "model.safetensors").read_bytes())
+    blob[-4096:] = bytes(4096)
+    (tmp_path / "model.safetensors").write_bytes(bytes(blob))
+    for name in ("embed", "final_norm"):
+        np.testing.assert_array_equal(np.asarray(p[name]), np.asarray(tiny4_params[name]))
+    for name, value in p["layers"].items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(tiny4_params["layers"][name]))
 
 
 def test_clear_errors_for_bad_checkpoints(tiny4_params, tmp_path):

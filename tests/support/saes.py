@@ -54,3 +54,54 @@ def np_encode(sae, x):
 def np_decode(sae, f):
     W, b = np.asarray(sae.W_dec, np.float64), np.asarray(sae.b_dec, np.float64)
     return (f @ W + b) / sae.cfg.input_scale
+
+
+def write_gemmascope2(folder, arrays, layer, l0, kind="sae", model_name="google/gemma-3-1b-it"):
+    """A Gemma Scope 2 SAE folder as released (``params.safetensors`` with lower-case keys and
+    ``config.json``), written with the project's safetensors writer. ``arrays`` uses the
+    release's names (w_enc [d, S], w_dec [S, d], b_enc, b_dec, threshold[, affine_skip_connection])."""
+    import json
+    from pathlib import Path
+
+    from ports.safetensors_io import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(arrays, folder / "params.safetensors")
+    hook_in = f"model.layers.{layer}.output"
+    hook_out = hook_in
+    if kind == "transcoder":
+        hook_in = f"model.layers.{layer}.pre_feedforward_layernorm.output"
+        hook_out = f"model.layers.{layer}.post_feedforward_layernorm.output"
+    cfg = {
+        "hf_hook_point_in": hook_in,
+        "hf_hook_point_out": hook_out,
+        "width": int(arrays["w_enc"].shape[1]),
+        "model_name": model_name,
+        "architecture": "jump_relu",
+        "l0": l0,
+        "affine_connection": "affine_skip_connection" in arrays,
+        "type": kind,
+    }
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def gemmascope2_arrays(seed=0, d=D_IN, s=D_SAE):
+    """Random Gemma Scope 2 arrays (release key names), float32."""
+    r = np.random.default_rng(seed)
+    return {
+        "w_enc": r.normal(0, 0.5, (d, s)).astype(np.float32),
+        "w_dec": r.normal(0, 0.5, (s, d)).astype(np.float32),
+        "b_enc": r.normal(0, 0.2, s).astype(np.float32),
+        "b_dec": r.normal(0, 0.3, d).astype(np.float32),
+        "threshold": r.uniform(0.0, 0.4, s).astype(np.float32),
+    }
+
+
+def gemmascope2_ref(a, x):
+    """Gemma Scope 2's JumpReLU in float64 numpy: (features, reconstruction)."""
+    a = {k: np.asarray(v, np.float64) for k, v in a.items()}
+    pre = np.asarray(x, np.float64) @ a["w_enc"] + a["b_enc"]
+    f = (pre > a["threshold"]) * np.maximum(pre, 0)
+    return f, f @ a["w_dec"] + a["b_dec"]
