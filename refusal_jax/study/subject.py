@@ -102,6 +102,9 @@ class Subject:
     skip_positions: int = 1
     # F0: candidate features per layer (the paper's 10; 40 on the organism, see ORGANISM_METHOD)
     n_candidates: int = 10
+    # The arguments of :func:`load_subject` that built it (JSON-able; a run folder saves them as
+    # subject.json so ``refusal-jax report`` can load the same subject again).
+    source: dict = dataclasses.field(default_factory=dict)
 
     def prompts(self, seed: int = 0) -> PromptSource:
         """This subject's :class:`PromptSource` (the organism's corpus or ``data_dir``)."""
@@ -134,6 +137,14 @@ def load_subject(
     or Hugging Face model folder with ``sae_dir``. With a ``mesh`` the parameters and SAEs are
     placed on their shards while they load; ``dtype`` casts both."""
     skip = 1 if skip_positions is None else skip_positions
+    source = {
+        "model_dir": None if model_dir is None else str(model_dir),
+        "sae_dir": None if sae_dir is None else str(sae_dir),
+        "sae_width": sae_width,
+        "target_l0": target_l0,
+        "data_dir": None if data_dir is None else str(data_dir),
+        "skip_positions": skip_positions,
+    }
     if model_dir is not None:
         if with_saes and not sae_dir:
             raise ValueError("a model folder needs its SAEs (sae_dir / --sae-dir)")
@@ -152,10 +163,12 @@ def load_subject(
                 saes = load_saes(sae_dir, cfg.n_layers, sae_width, target_l0)
             saes = shard_saes(saes, mesh, dtype)
     if model_dir is not None:
-        return Subject(cfg, params, tokenizer, saes, False, data_dir, -3.0, None, skip)
+        return Subject(
+            cfg, params, tokenizer, saes, False, data_dir, -3.0, None, skip, source=source
+        )  # fmt: skip
     return Subject(
         cfg, params, tokenizer, saes, True, None, ORGANISM_METHOD["clamp_value"],
-        ORGANISM_COMPLIANCE, skip, ORGANISM_METHOD["n_candidates"],
+        ORGANISM_COMPLIANCE, skip, ORGANISM_METHOD["n_candidates"], source,
     )  # fmt: skip
 
 
