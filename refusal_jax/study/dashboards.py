@@ -271,6 +271,7 @@ def add_feature_dashboards(folder, pairs, subject=None, progress=print) -> list[
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder / name}: needed to compute new feature dashboards")
     report = read_json(folder / "report.json")
+    feature_set(todo, report["model"]["n_layers"], report["sae"]["d_sae"])  # names a bad feature
     if subject is None:
         source = read_json(folder / "subject.json")
         progress(f"loading the subject from {folder / 'subject.json'}: {source}")
@@ -282,7 +283,6 @@ def add_feature_dashboards(folder, pairs, subject=None, progress=print) -> list[
             f"{folder / 'subject.json'}: the subject has {n_layers} layers and SAE width "
             f"{d_sae}, report.json {want[0]} and {want[1]}"
         )
-    feature_set(todo, n_layers, d_sae)  # names an out-of-range feature
     run = load_arrays(folder / RUN_ARRAYS)
     pc = report["config"]
     arrays, new_meta = compute_dashboards(

@@ -33,7 +33,7 @@ SET_COLORS = {"harmful": "#d62728", "harmless": "#2ca02c", "jailbreak": "#9467bd
 DEMO_PNGS = ("rates", "attribution_by_layer")
 
 
-def png_uri(fig: Figure, dpi: int = 90) -> str:
+def png_uri(fig: Figure, dpi: int = 80) -> str:
     """A matplotlib figure as a ``data:image/png;base64,...`` URI."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -241,6 +241,8 @@ def render_report_html(folder) -> str:
             d["fire_rate"] = {k: float(np.mean(s["max"] > 0)) for k, s in d["sets"].items()}
             d["mean_max"] = {k: float(np.mean(s["max"])) for k, s in d["sets"].items()}
             dashboards.append(d)
+    # the run's selected features first, each group by attribution rank over all layers
+    dashboards.sort(key=lambda d: (not d["selected"], d["rank_global"], d["layer"], d["index"]))
     experiment = experiment_page(folder, results) if results is not None else None
     return (
         _environment()

@@ -11,4 +11,18 @@
       });
     });
   }
+  // ?feature=L3F119 (or 3:119): show that feature's dashboard alone (for a screenshot or a link).
+  var want = new URLSearchParams(window.location.search).get("feature");
+  if (want) {
+    var key = want.indexOf(":") >= 0 ? "L" + want.replace(":", "F") : want;
+    var only = document.getElementById(key);
+    if (only) {
+      document.querySelectorAll("main > section, #feature-index, #features > p")
+        .forEach(function (el) { el.classList.add("hidden"); });
+      document.getElementById("features").classList.remove("hidden");
+      document.querySelectorAll("section.dashboard").forEach(function (d) {
+        d.classList.toggle("hidden", d !== only);
+      });
+    }
+  }
 })();
