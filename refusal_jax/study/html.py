@@ -44,21 +44,15 @@ def file_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def density_figure(maxes: dict[str, np.ndarray], n_bins: int = 20) -> Figure:
-    """Histograms (fraction of prompts) of a feature's max activation per prompt, one per prompt
-    set, on shared bins."""
+def density_histogram(maxes: dict[str, np.ndarray], n_bins: int = 20) -> dict:
+    """Histograms (fraction of prompts per bin) of a feature's max activation per prompt, one
+    per prompt set, on shared bins: {"edges": [n_bins + 1], "sets": {name: [n_bins]},
+    "ymax"}; the template draws them as an inline SVG."""
     edges = density_bins(*maxes.values(), n_bins=n_bins)
-    width = (edges[1] - edges[0]) / max(len(maxes), 1)
-    fig = Figure(figsize=(5.2, 2.3))
-    ax = fig.subplots()
-    for i, (name, v) in enumerate(maxes.items()):
-        ax.bar(edges[:-1] + i * width, density(v, edges), width, align="edge",
-               color=SET_COLORS.get(name), label=f"{name} (n={len(v)})")  # fmt: skip
-    ax.set_xlabel("max activation over the prompt's tokens")
-    ax.set_ylabel("fraction of prompts")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    sets = {name: density(v, edges).tolist() for name, v in maxes.items()}
+    ymax = max((max(v) for v in sets.values() if v), default=0.0)
+    return {"edges": edges.tolist(), "sets": sets, "ymax": ymax if ymax > 0 else 1.0,
+            "n": {name: len(v) for name, v in maxes.items()}}  # fmt: skip
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -237,7 +231,7 @@ def render_report_html(folder) -> str:
         for layer, index in meta["features"]:
             d = feature_dashboard(arrays, meta, layer, index)
             d["selected"] = (layer, index) in selected
-            d["density_src"] = png_uri(density_figure({k: s["max"] for k, s in d["sets"].items()}))
+            d["hist"] = density_histogram({k: s["max"] for k, s in d["sets"].items()})
             d["fire_rate"] = {k: float(np.mean(s["max"] > 0)) for k, s in d["sets"].items()}
             d["mean_max"] = {k: float(np.mean(s["max"])) for k, s in d["sets"].items()}
             dashboards.append(d)
@@ -276,5 +270,5 @@ def write_run_report(folder, subject=None) -> Path:
     return write_report_html(folder)
 
 
-__all__ = ["density_figure", "experiment_page", "png_uri", "render_report_html",
+__all__ = ["density_histogram", "experiment_page", "png_uri", "render_report_html",
            "write_report_html", "write_run_report"]  # fmt: skip
