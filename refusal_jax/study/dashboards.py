@@ -96,14 +96,16 @@ def compute_dashboards(
     fs = feature_set(pairs, n_layers, d_sae)
     idx = np.asarray(fs.idx)
     col = {(a, b): int(np.nonzero(idx[a] == b)[0][0]) for a, b in pairs}
+    # one padded length for every set (a multiple of pad_multiple): each jitted step compiles once
+    sets = {name: list(xs) for name, xs in prompts.items() if xs}
+    width = max(encode_prompts(tokenizer, xs, multiple=pad_multiple)[0].shape[1] for xs in
+                sets.values()) if sets else pad_multiple  # fmt: skip
     enc = lambda xs: encode_prompts(
-        tokenizer, xs, multiple=pad_multiple, max_length=cfg.max_position_embeddings
+        tokenizer, xs, multiple=width, max_length=cfg.max_position_embeddings
     )
     arrays: dict[str, np.ndarray] = {}
     meta: dict = {"features": [list(p) for p in pairs], "sets": {}, "lens": {}, "examples": {}}
-    for name, xs in prompts.items():
-        if not xs:
-            continue
+    for name, xs in sets.items():
         ids, mask = enc(xs)
         acts = feature_activations(params, cfg, saes, fs, ids, mask, batch_size=batch_size)
         meta["sets"][name] = {"prompts": list(xs), "tokens": token_strings(tokenizer, ids, mask)}
@@ -146,18 +148,20 @@ def example_completions(
     alone (one generation over a per-sample feature set): {key: [{prompt, base, clamped}]}."""
     n_layers, d_sae = int(saes.W_dec.shape[0]), int(saes.W_dec.shape[-2])
     ids, mask = enc(instructions)
-    gen = lambda i, m, patch: decode_responses(
-        tokenizer,
-        *generate_tokens(
-            params, cfg, i, m, batch_size=batch_size, max_new_tokens=max_new_tokens, patch=patch
-        ),
-    )
-    base = gen(ids, mask, None)
     n = len(instructions)
-    rows = [[p] for p in pairs for _ in range(n)]
+    # one generation: n base rows (an empty feature set clamps nothing) then n rows per feature
+    rows = [[] for _ in range(n)] + [[p] for p in pairs for _ in range(n)]
     fs = per_sample_feature_set(rows, n_layers, d_sae)
     patch = clamp_features(saes, fs, clamp_value, mode="multiply")
-    clamped = gen(np.tile(ids, (len(pairs), 1)), np.tile(mask, (len(pairs), 1)), patch)
+    k = len(pairs) + 1
+    out = decode_responses(
+        tokenizer,
+        *generate_tokens(
+            params, cfg, np.tile(ids, (k, 1)), np.tile(mask, (k, 1)), batch_size=batch_size,
+            max_new_tokens=max_new_tokens, patch=patch,
+        ),
+    )  # fmt: skip
+    base, clamped = out[:n], out[n:]
     return {
         feature_key(*p): [
             {"prompt": instructions[j], "base": base[j], "clamped": clamped[i * n + j]}

@@ -125,6 +125,25 @@ def experiment_page(folder: Path, results: dict) -> dict:
                 "rows": [[r, *[_fmt(v) for v in row]] for r, row in zip(rows, tr["score"])],
             }
         )
+    scores, key = results.get("scores"), results.get("score_key")
+    by_cat = isinstance(scores, dict) and all(isinstance(v, dict) for v in scores.values())
+    if key and scores and by_cat:
+        cats = list(scores)
+        conds = [c for c in ("base", "all", "common", "specific") if c in scores[cats[0]]]
+        mat = [[(scores[c].get(k) or {}).get(key, float("nan")) for k in conds] for c in cats]
+        figures.append(
+            {
+                "title": f"{key} per category: base, all / common / specific features clamped",
+                "src": png_uri(_matrix_figure(mat, cats, conds, key)),
+            }
+        )
+        tables.append(
+            {
+                "title": f"{key} per category (features clamped)",
+                "header": ["category", *conds],
+                "rows": [[c, *[_fmt(v) for v in row]] for c, row in zip(cats, mat)],
+            }
+        )
     if isinstance(results.get("normalized"), dict):
         norm = results["normalized"]
         keys = ["common", "specific", "transfer"]

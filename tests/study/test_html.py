@@ -21,6 +21,13 @@ RESULTS = {
         },
         "normalized": {"drugs": {"common": 0.5, "specific": 0.7, "transfer": 0.2}, "weapons": None},
         "common_features": [[1, 2], [3, 4]],
+        "score_key": "jailbreak_rate",
+        "scores": {
+            "drugs": {"base": {"jailbreak_rate": 0.0}, "all": {"jailbreak_rate": 0.9},
+                      "common": {"jailbreak_rate": 0.6}, "specific": {"jailbreak_rate": 0.3}},
+            "weapons": {"base": {"jailbreak_rate": 0.1}, "all": {"jailbreak_rate": 0.8},
+                        "common": {"jailbreak_rate": 0.5}, "specific": {"jailbreak_rate": 0.2}},
+        },
     },
     "jailbreak_analysis": {
         "pairs": {
@@ -45,12 +52,16 @@ RESULTS = {
     },
 }  # fmt: skip
 TITLES = {
-    "categories": ["transfer matrix", "normalized scores per category"],
+    "categories": [
+        "transfer matrix",
+        "normalized scores per category",
+        "jailbreak_rate per category (features clamped)",
+    ],
     "jailbreak_analysis": ["drops (plain -&gt; adversarial)"],
     "probing": ["probe accuracy"],
     "gcg": ["GCG suffix: &#39; hypothetically &lt;b&gt;&#39;"],
 }
-N_DRAWN = {"categories": 1, "jailbreak_analysis": 1, "probing": 0, "gcg": 0}
+N_DRAWN = {"categories": 2, "jailbreak_analysis": 1, "probing": 0, "gcg": 0}
 
 
 @pytest.mark.parametrize("kind", sorted(RESULTS))
