@@ -91,7 +91,7 @@ def _flat_scalars(obj, prefix: str = "", out=None, limit: int = 200) -> list[tup
 def _matrix_figure(mat, rows, cols, title: str) -> Figure:
     fig = Figure(figsize=(0.5 * len(cols) + 2.5, 0.4 * len(rows) + 1.5))
     ax = fig.subplots()
-    m = np.asarray(mat, np.float64)
+    m = np.array([[np.nan if v is None else v for v in row] for row in mat], np.float64)
     im = ax.imshow(m, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
