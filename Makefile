@@ -5,7 +5,7 @@ DEMO_VENV := .venv
 TEST_VENV := .venv-test
 PIP_FLAGS := -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-fast lint clean smollm2 gemma3
+.PHONY: demo test test-fast lint clean smollm2 gemma3 chromium
 
 $(DEMO_VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(DEMO_VENV)
@@ -42,8 +42,18 @@ export REFUSAL_JAX_GEMMA3_GGUF := $(CURDIR)/$(GEMMA3_DIR)/gemma-3-270m-q4_k_m.gg
 gemma3: $(TEST_VENV)/.installed
 	-PYTHON=$(TEST_VENV)/bin/python bash experiments/benchmarks/fetch_gemma3.sh $(GEMMA3_DIR)
 
+# Headless Chromium for the report.html browser test (Debian's chromium package). Quick when a
+# browser is already on PATH; otherwise apt-get where we are root and apt exists; failure is
+# ignored (the test then skips, naming the missing binary).
+chromium:
+	-@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	  || command -v google-chrome >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	       && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || echo "chromium not installed: the browser test of report.html will skip"
+
 # pytest exits 5 when it collects no tests: that fails the make target, as it should.
-test: lint smollm2 gemma3
+test: lint smollm2 gemma3 chromium
 	$(TEST_VENV)/bin/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-fast: lint

@@ -41,6 +41,7 @@ from refusal_jax.core.errors import ArgumentParser, UsageError, run_cli
 from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.study.benchmark import PROTOCOLS, BenchmarkConfig, run_benchmark
 from refusal_jax.study.data import EVAL_SETS
+from refusal_jax.study.html import write_run_report
 from refusal_jax.study.pipeline import METHODS, PipelineConfig
 from refusal_jax.study.subject import PromptSource
 
@@ -132,6 +133,7 @@ def main(argv=None) -> dict:
     res["subject"] = subject.describe()
     write_json_atomic(out / "results.json", res)
     _plot(res, out)
+    write_run_report(out, subject)
     for dname, rows in res["jailbreak"].items():
         print(dname + ": " + ", ".join(f"{m} {rows[m]['jailbreak_rate']:.2f}" for m in METHODS))
     print(f"run folder: {out}")

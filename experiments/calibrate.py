@@ -38,6 +38,7 @@ from refusal_jax.method.interventions import clamp_features
 from refusal_jax.method.judges import judge_responses, refusal_token
 from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
 from refusal_jax.method.selection import candidate_features, select_features
+from refusal_jax.study.html import write_run_report
 from refusal_jax.study.pipeline import PipelineConfig, accumulate_attributions
 
 
@@ -113,6 +114,7 @@ def main(argv=None) -> dict:
     }
     write_json_atomic(out / "results.json", results)
     _plot(grid, sizes, clamps, out / "calibration.png")
+    write_run_report(out, subject)
     print(
         f"best: F0 {best_cell['n_candidates']} per layer, c = {best_cell['clamp_value']}: "
         f"jailbreak {best_cell['jailbreak_rate']:.2f}, harmless refusal "

@@ -49,6 +49,7 @@ from refusal_jax.study.categories import (
     restrict,
     shared_features,
 )
+from refusal_jax.study.html import write_run_report
 from refusal_jax.study.pipeline import PipelineConfig
 
 
@@ -181,6 +182,7 @@ def main(argv=None) -> dict:
     )
     write_json_atomic(out / "results.json", res)
     _plot(res, out)
+    write_run_report(out, subject)
     s = res["summary"][res["score_key"]]
     if res["excluded_categories"]:
         print(

@@ -28,6 +28,7 @@ from refusal_jax.core.io import save_figure_atomic, write_json_atomic
 from refusal_jax.method.gcg import GCGConfig, gcg_search, suffixed
 from refusal_jax.method.judges import judge_responses, refusal_token
 from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
+from refusal_jax.study.html import write_run_report
 from refusal_jax.study.runs import content_key
 
 
@@ -115,6 +116,7 @@ def main(argv=None) -> dict:
     }
     write_json_atomic(out / "results.json", res)
     _plot(res["losses"], out / "losses.png")
+    write_run_report(out, subject)
     h = res["heldout"]
     print(
         f"suffix {res['suffix']!r}: loss {res['losses'][0]:.2f} -> {res['losses'][-1]:.2f}; "

@@ -45,6 +45,7 @@ from refusal_jax.method.prompts import decode_responses, encode_prompts, generat
 from refusal_jax.study import data
 from refusal_jax.study import jailbreaks as jb
 from refusal_jax.study.benchmark import cached_prepare
+from refusal_jax.study.html import write_run_report
 from refusal_jax.study.pipeline import PipelineConfig, pipeline_positions
 from refusal_jax.study.runs import content_key
 from refusal_jax.study.subject import PromptSource
@@ -227,6 +228,7 @@ def main(argv=None) -> dict:
     }
     write_json_atomic(out / "results.json", res)
     _plot(res, out)
+    write_run_report(out, subject)
     j, f, s = res["pairs"]["jailbreak"], res["pairs"]["failed"], res["suffix"]
     num = lambda v: "n/a" if v is None else f"{v:.2f}"
     fmt = lambda g: (

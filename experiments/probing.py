@@ -38,6 +38,7 @@ from refusal_jax.method.prompts import decode_responses, encode_prompts, generat
 from refusal_jax.method.selection import random_features
 from refusal_jax.study import data
 from refusal_jax.study.benchmark import cached_prepare
+from refusal_jax.study.html import write_run_report
 from refusal_jax.study.jailbreaks import refusal_features
 from refusal_jax.study.pipeline import PipelineConfig
 from refusal_jax.study.runs import content_key
@@ -125,6 +126,7 @@ def main(argv=None) -> dict:
     )  # fmt: skip
     write_json_atomic(out / "results.json", res)
     _plot(res, out)
+    write_run_report(out, subject)
     for name, r in res["probes"].items():
         g = r["groups"]
         print(

@@ -1,8 +1,8 @@
 """Command-line entry point: ``refusal-jax <command> ...`` (also ``python -m refusal_jax.cli``).
 
 Commands: ``demo`` (the main job), ``sweep`` (resumable LA-IG / generation sweeps),
-``train-sae`` and ``convert-sae``. Every parser lives in this package; the library below it
-takes plain arguments.
+``train-sae``, ``convert-sae`` and ``report`` (rebuild a run folder's report.html). Every
+parser lives in this package; the library below it takes plain arguments.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from refusal_jax.cli.demo import add_demo_arguments, cmd_demo
+from refusal_jax.cli.report import add_report_arguments, cmd_report
 from refusal_jax.cli.sae import add_sae_commands
 from refusal_jax.cli.sweep import add_sweep_arguments, cmd_sweep
 from refusal_jax.core.errors import ArgumentParser, run_cli
@@ -32,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(s)
     s.set_defaults(func=_cmd_sweep)
     add_sae_commands(sub)
+    r = sub.add_parser(
+        "report", help="rebuild a run folder's report.html (and add feature dashboards)"
+    )
+    add_report_arguments(r)
+    r.set_defaults(func=cmd_report)
     return p
 
 

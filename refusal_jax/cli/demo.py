@@ -56,7 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print((folder / "report.md").read_text())
-    print(f"run folder: {folder}")
+    print(f"run folder: {folder} (open {folder / 'report.html'} in a browser)")
     return 0
 
 

@@ -2,15 +2,16 @@
 a converted real model with its SAEs and the refusal_direction data.
 
 Writes a run folder ``<out>/demo-seed<seed>-<time>`` with ``report.json``, ``report.md``,
-``rates.png`` and ``attribution_by_layer.png``; the same seed gives the same report (up to the
-runtime field).
+``rates.png``, ``attribution_by_layer.png``, ``subject.json`` (how to load the subject again),
+the feature dashboards (``dashboards.*``, ``run_arrays.safetensors``) and ``report.html``; the
+same seed gives the same report (up to the runtime field).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from refusal_jax.core.io import write_text_atomic
+from refusal_jax.core.io import write_json_atomic, write_text_atomic
 from refusal_jax.study.pipeline import PipelineConfig, PromptData, run_pipeline
 from refusal_jax.study.runs import new_run_folder
 from refusal_jax.study.subject import PromptSource, Subject
@@ -18,12 +19,18 @@ from refusal_jax.study.subject import PromptSource, Subject
 
 def demo_prompts(source: PromptSource, n_train: int, n_test: int, eval_set: str) -> PromptData:
     """Train prompts (harmful/harmless train splits) and held-out test prompts (the eval set,
-    harmless test split); on the organism its plain requests."""
+    harmless test split); on the organism its plain requests, and its wrapped (jailbreak)
+    harmful test requests for the feature dashboards (drawn last, so the others are unchanged)."""
     return PromptData(
         harmful_train=source.split("harmful_train", n_train),
         harmless_train=source.split("harmless_train", n_train),
         harmful_test=source.eval_set(eval_set, n_test),
         harmless_test=source.split("harmless_test", n_test),
+        jailbreak_test=(
+            source.pick(source.corpus.prompts("test", harmful=True, wrapped=True), n_test)
+            if source.organism
+            else None
+        ),
     )
 
 
@@ -58,6 +65,7 @@ def run_demo(
         seed=seed,
     )
     folder = new_run_folder(out, "demo", seed)
+    write_json_atomic(folder / "subject.json", subject.source)
     try:
         report = run_pipeline(
             subject.params, subject.cfg, subject.tokenizer, subject.saes, data, pc, folder,

@@ -26,21 +26,18 @@ Measures, all relative drops ``(before - after) / before`` per feature over the 
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from refusal_jax.core.batching import batches
-from refusal_jax.core.model import forward_fn
-from refusal_jax.core.patches import Identity, check_patch_rows, patch_rows
+from refusal_jax.method.dashboards import feature_activations
 from refusal_jax.method.features import FeatureSet, feature_set, per_sample_feature_set
-from refusal_jax.method.interventions import clamp_features, feature_values
+from refusal_jax.method.interventions import clamp_features
 from refusal_jax.method.laig import la_ig, subset_attributions
 from refusal_jax.method.prompts import encode_prompts
 from refusal_jax.method.selection import candidate_features, select_features
@@ -50,37 +47,6 @@ LAST_K = 5  # refusal features are read over the last 5 prompt tokens (the refer
 
 
 # ----------------------------------------------------------------------------- activations
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _activations(params, cfg, saes, features, ids, mask, patch):
-    resid = forward_fn(params, cfg, ids, mask, patch, return_residuals=True).resid_post
-    vals = feature_values(saes, features, resid)  # [L, B, T, K]
-    fmask = features.mask if features.per_sample else features.mask[None]  # [B|1, L, K]
-    vals = vals * fmask.transpose(1, 0, 2)[:, :, None, :]
-    vals = vals * mask.astype(vals.dtype)[None, :, :, None]
-    return vals.transpose(1, 2, 0, 3)  # [B, T, L, K]
-
-
-def feature_activations(
-    params, cfg, saes, features: FeatureSet, ids, mask, patch=None, batch_size: int = 32
-) -> np.ndarray:
-    """Activations of every feature of a global or per-sample set at every token:
-    [N, T, L, K] (0 on padding and on the set's padding entries)."""
-    ids, mask = np.asarray(ids), np.asarray(mask)
-    if features.per_sample and features.idx.shape[0] != len(ids):
-        raise ValueError(
-            f"per-sample feature set for {features.idx.shape[0]} prompts, got {len(ids)} prompts"
-        )
-    patch = patch or Identity()
-    check_patch_rows(patch, len(ids))
-    out = []
-    for i, (b_ids, b_mask, n) in enumerate(batches(ids, mask, batch_size)):
-        start = i * batch_size
-        fs = features.rows(start, batch_size)
-        p = patch_rows(patch, start, batch_size)
-        out.append(np.asarray(_activations(params, cfg, saes, fs, b_ids, b_mask, p))[:n])
-    return np.concatenate(out)
-
-
 def sequence_mean(acts, mask) -> np.ndarray:
     """Mean over a prompt's real tokens: [N, T, ...] -> [N, ...]."""
     m = np.asarray(mask, np.float32).reshape(np.shape(mask) + (1,) * (np.ndim(acts) - 2))

@@ -4,7 +4,7 @@ refusal direction -> best layer -> directional-ablation jailbreak ("AS") -> LA-I
 prompts -> feature sets (ours, la, cs, act, random) -> clamp each -> refusal / jailbreak rates on
 held-out harmful prompts, refusal on held-out harmless prompts, CE change on harmless rollouts.
 Every step is a library call; this module only sequences them and writes the run folder
-(``report.json``, ``report.md``, PNG plots).
+(``report.json``, ``report.md``, PNG plots, the feature dashboards of F* and ``report.html``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from refusal_jax.method.selection import (
     random_features,
     select_features,
 )
+from refusal_jax.study.dashboards import write_run_dashboards
+from refusal_jax.study.html import write_report_html
 from refusal_jax.study.report import plot_report, render_markdown
 
 METHODS = ("base", "AS", "cs", "act", "la", "random", "ours")
@@ -80,6 +82,8 @@ class PromptData:
     harmless_train: list[str]
     harmful_test: list[str]
     harmless_test: list[str]
+    # Held-out jailbreak prompts (wrapped harmful requests), for the feature dashboards only.
+    jailbreak_test: list[str] | None = None
 
     def __post_init__(self):
         for name in ("harmful_train", "harmless_train", "harmful_test", "harmless_test"):
@@ -384,7 +388,22 @@ def run_pipeline(
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2))
     write_text_atomic(out_dir / "report.md", render_markdown(report))
     plot_report(report, out_dir)
+    write_run_dashboards(
+        out_dir, params, cfg, tokenizer, saes, sets["ours"].pairs(), dashboard_prompts(data),
+        prep.r_best, attr.mean(axis=1), clamp_value=pc.clamp_value,
+        max_new_tokens=pc.max_new_tokens, batch_size=pc.batch_size, pad_multiple=pc.pad_multiple,
+    )  # fmt: skip
+    write_report_html(out_dir)
     return report
+
+
+def dashboard_prompts(data: PromptData) -> dict[str, list[str]]:
+    """The prompt sets the feature dashboards show: held-out harmful, harmless and jailbreak."""
+    return {
+        "harmful": list(data.harmful_test),
+        "harmless": list(data.harmless_test),
+        "jailbreak": list(data.jailbreak_test or []),
+    }
 
 
 __all__ = [
@@ -393,6 +412,7 @@ __all__ = [
     "Prepared",
     "PromptData",
     "accumulate_attributions",
+    "dashboard_prompts",
     "Directions",
     "directions_and_layer",
     "method_patches",

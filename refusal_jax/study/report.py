@@ -34,7 +34,9 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_report(report: dict, out_dir: Path) -> None:
+def report_figures(report: dict) -> dict[str, Figure]:
+    """The run's plots as matplotlib figures, by file stem: ``rates`` (jailbreak rate and
+    harmless refusal per method) and ``attribution_by_layer``."""
     names = list(report["methods"])
     jb = [report["methods"][m]["jailbreak_rate"] for m in names]
     hr = [report["methods"][m]["harmless_refusal_rate"] for m in names]
@@ -48,7 +50,7 @@ def plot_report(report: dict, out_dir: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title("Rates per method (held-out prompts)")
     fig.tight_layout()
-    save_figure_atomic(fig, out_dir / "rates.png", dpi=120)
+    figs = {"rates": fig}
     fig = Figure(figsize=(7, 3.5))
     ax = fig.subplots()
     ax.bar(np.arange(len(report["attribution_by_layer"])), report["attribution_by_layer"])
@@ -58,7 +60,14 @@ def plot_report(report: dict, out_dir: Path) -> None:
     ax.set_title("LA-IG attribution by layer")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure_atomic(fig, out_dir / "attribution_by_layer.png", dpi=120)
+    figs["attribution_by_layer"] = fig
+    return figs
 
 
-__all__ = ["plot_report", "render_markdown"]
+def plot_report(report: dict, out_dir: Path) -> None:
+    """``rates.png`` and ``attribution_by_layer.png`` in ``out_dir``."""
+    for name, fig in report_figures(report).items():
+        save_figure_atomic(fig, Path(out_dir) / f"{name}.png", dpi=120)
+
+
+__all__ = ["plot_report", "render_markdown", "report_figures"]

@@ -116,6 +116,9 @@ class Subject:
     n_candidates: int = 10
     model_dir: str | None = None  # the model folder (None: the organism's)
     sae_dir: str | None = None  # the SAE folder the SAEs were loaded from
+    # The arguments of :func:`load_subject` that built it (JSON-able; a run folder saves them as
+    # subject.json so ``refusal-jax report`` can load the same subject again).
+    source: dict = dataclasses.field(default_factory=dict)
 
     def prompts(self, seed: int = 0) -> PromptSource:
         """This subject's :class:`PromptSource` (the organism's corpus or ``data_dir``)."""
@@ -172,6 +175,15 @@ def load_subject(
     skip = default_skip if skip_positions is None else skip_positions
     if sae_dir:
         sae_dir = resolve_sae_dir(sae_dir)
+    source = {
+        "model_dir": None if model_dir is None else str(model_dir),
+        "sae_dir": None if sae_dir is None else str(sae_dir),
+        "sae_width": sae_width,
+        "target_l0": target_l0,
+        "data_dir": None if data_dir is None else str(data_dir),
+        "skip_positions": skip_positions,
+        "sae_layers": None if sae_layers is None else [int(i) for i in sae_layers],
+    }
     if model_dir is not None:
         model_dir = resolve_model(model_dir)
         if with_saes and not sae_dir:
@@ -194,12 +206,12 @@ def load_subject(
     if model_dir is not None:
         return Subject(
             cfg, params, tokenizer, saes, False, data_dir, -3.0, None, skip,
-            model_dir=str(model_dir), sae_dir=sae_dir and str(sae_dir),
+            model_dir=str(model_dir), sae_dir=sae_dir and str(sae_dir), source=source,
         )  # fmt: skip
     return Subject(
         cfg, params, tokenizer, saes, True, None, ORGANISM_METHOD["clamp_value"],
         ORGANISM_COMPLIANCE, skip, ORGANISM_METHOD["n_candidates"],
-        sae_dir=str(sae_dir) if with_saes else None,
+        sae_dir=str(sae_dir) if with_saes else None, source=source,
     )  # fmt: skip
 
 

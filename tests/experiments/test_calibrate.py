@@ -27,6 +27,9 @@ def test_calibrate_grid_on_the_organism(tmp_path):
     folder = next(tmp_path.iterdir())
     assert json.loads((folder / "results.json").read_text())["best"] == res["best"]
     assert (folder / "calibration.png").stat().st_size > 0
+    html = (folder / "report.html").read_text()  # the experiment page, with the script's PNG
+    assert "Experiment: calibrate" in html and 'alt="calibration.png"' in html
+    assert json.loads((folder / "subject.json").read_text())["model_dir"] is None
     cells = {(g["n_candidates"], g["clamp_value"]) for g in res["grid"]}
     assert cells == {(10, 0.0), (10, -0.5), (40, 0.0), (40, -0.5)}
     score = lambda g: g["jailbreak_rate"] - g["harmless_refusal_rate"]

@@ -254,6 +254,8 @@ def test_categories_script_schema_and_resume(tmp_path, monkeypatch):
     np.testing.assert_allclose(np.diag(m), diag)
     for name in ("scores.png", "transfer.png"):
         assert (folder / name).stat().st_size > 0
+    html = (folder / "report.html").read_text()  # the experiment page: matrices, then tables
+    assert "<caption>transfer matrix</caption>" in html and 'alt="transfer.png"' in html
     assert res["all_rates"] == {c: res["scores"][c]["all"]["jailbreak_rate"] for c in cats}
     assert res["min_all_rate"] == 0 and res["excluded_categories"] == []
     # Resume: feature sets and every response come from the cache.

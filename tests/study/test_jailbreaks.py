@@ -217,6 +217,9 @@ def test_jailbreak_analysis_script_on_the_organism(tmp_path):
     assert json.loads((folder / "results.json").read_text())["pairs"] == res["pairs"]
     for png in ("drops.png", "suffix.png"):
         assert (folder / png).stat().st_size > 0
+    assert (
+        "<caption>drops (plain -&gt; adversarial)</caption>" in (folder / "report.html").read_text()
+    )
     jbk, failed = res["pairs"]["jailbreak"], res["pairs"]["failed"]
     assert 0 < jbk["n_pairs"] <= 24 and 0 < failed["n_pairs"] <= 24
     assert res["refusal_features"]
