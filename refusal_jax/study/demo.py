@@ -9,6 +9,7 @@ same seed gives the same report (up to the runtime field).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from refusal_jax.core.io import write_json_atomic, write_text_atomic
@@ -66,6 +67,9 @@ def run_demo(
     )
     folder = new_run_folder(out, "demo", seed)
     write_json_atomic(folder / "subject.json", subject.source)
+    # what produced this run: model and SAEs by content, the prompt data, every setting
+    settings = {"pipeline": dataclasses.asdict(pc), "n_train": n_train, "n_test": n_test}
+    subject.identity(settings | {"eval_set": eval_set}).save(folder)
     try:
         report = run_pipeline(
             subject.params, subject.cfg, subject.tokenizer, subject.saes, data, pc, folder,

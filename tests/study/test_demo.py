@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from refusal_jax.cli import main as cli_main
+from refusal_jax.core.identity import Identity, diff
 from refusal_jax.organism import ARTIFACTS, MODEL_DIR
 
 pytestmark = pytest.mark.skipif(
@@ -44,6 +45,11 @@ def test_report_structure(reports):
     assert len(rep["features"]["ours"]) == 20
     assert sorted(rep["ranking_by_jailbreak"]) == sorted(set(rep["methods"]) - {"base"})
     assert 0 <= rep["best_layer"] < rep["model"]["n_layers"]
+    # the run folder records what produced it; two runs of the same inputs record the same
+    a, b = (Identity.load(f) for f in folders)
+    assert a is not None and diff(a, b) == []
+    assert a.model is not None and a.saes is not None and a.data is not None
+    assert a.settings["pipeline"]["n_steps"] == 4 and a.settings["eval_set"] == "harmbench_test"
 
 
 def test_ours_beats_random_and_base(reports):
