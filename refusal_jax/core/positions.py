@@ -158,8 +158,22 @@ def content_positions(
     return ContentPositions(specials, max(n, int(skip_first)))
 
 
+def position_rule(skip: int | str, tokenizer=None) -> ContentPositions:
+    """The rule named by a ``skip_positions`` setting: an int n -> the first n real tokens
+    excluded; ``"content"`` -> :func:`content_positions` of the tokenizer (special tokens and
+    the chat template's constant prefix excluded)."""
+    if isinstance(skip, str):
+        if skip != "content":
+            raise ValueError(f"skip_positions must be an int or 'content', got {skip!r}")
+        if tokenizer is None:
+            raise ValueError("skip_positions='content' needs the tokenizer")
+        return content_positions(tokenizer)
+    return ContentPositions(prefix_length=int(skip))
+
+
 __all__ = [
     "ContentPositions",
+    "position_rule",
     "PREFIX_MODES",
     "common_prefix_length",
     "content_positions",

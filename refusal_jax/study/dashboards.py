@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from refusal_jax.core.io import load_arrays, read_json, save_arrays_atomic, write_json_atomic
+from refusal_jax.core.positions import ContentPositions, position_rule
 from refusal_jax.method.dashboards import (
     attribution_ranks,
     feature_activations,
@@ -84,13 +85,16 @@ def compute_dashboards(
     max_new_tokens: int = 24,
     batch_size: int = 32,
     pad_multiple: int = 8,
+    positions: ContentPositions | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Dashboard data of the features ``pairs`` [(layer, index), ...]: arrays (see the module
     docstring) and JSON metadata. ``prompts`` maps a set name (harmful, harmless, jailbreak) to
     instructions (empty sets are skipped); ``direction`` [D] is the refusal direction,
     ``attribution`` [L, S] the selection score. The example completions take the first
     ``n_examples`` harmful prompts and clamp one feature at a time (multiply by
-    ``clamp_value``, as the run's method does), greedy, ``max_new_tokens``."""
+    ``clamp_value``, as the run's method does), greedy, ``max_new_tokens``. ``positions``: the
+    run's position rule (:mod:`refusal_jax.core.positions`); max activations and top contexts
+    are taken over its content positions only (None: every real token)."""
     pairs = [(int(a), int(b)) for a, b in pairs]
     n_layers, d_sae = int(saes.W_dec.shape[0]), int(saes.W_dec.shape[-2])
     fs = feature_set(pairs, n_layers, d_sae)
@@ -109,10 +113,11 @@ def compute_dashboards(
         ids, mask = enc(xs)
         acts = feature_activations(params, cfg, saes, fs, ids, mask, batch_size=batch_size)
         meta["sets"][name] = {"prompts": list(xs), "tokens": token_strings(tokenizer, ids, mask)}
+        content = mask if positions is None else np.asarray(positions.mask(ids, mask))
         for a, b in pairs:
             key, x = feature_key(a, b), acts[:, :, a, col[(a, b)]]
-            arrays[f"{key}/max/{name}"] = max_per_prompt(x, mask)
-            for k, v in top_contexts(x, mask, n_contexts).items():
+            arrays[f"{key}/max/{name}"] = max_per_prompt(x, content)
+            for k, v in top_contexts(x, content, n_contexts).items():
                 arrays[f"{key}/ctx/{name}/{k}"] = v
     ranks = attribution_ranks(attribution, pairs)
     cos = np.asarray(decoder_cosines(saes, direction))
@@ -295,6 +300,7 @@ def add_feature_dashboards(folder, pairs, subject=None, progress=print) -> list[
         run["refusal_direction"], run["attribution"], clamp_value=pc["clamp_value"],
         max_new_tokens=pc["max_new_tokens"], batch_size=pc["batch_size"],
         pad_multiple=pc["pad_multiple"],
+        positions=position_rule(pc["skip_positions"], subject.tokenizer),
     )  # fmt: skip
     save_dashboards(folder, arrays, new_meta)
     return todo

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from refusal_jax.core.batching import batches
 from refusal_jax.core.errors import check_direction, check_finite
 from refusal_jax.core.io import write_text_atomic
-from refusal_jax.core.positions import ContentPositions, content_positions
+from refusal_jax.core.positions import ContentPositions, position_rule
 from refusal_jax.method.capability import masked_ce, rollout_batch
 from refusal_jax.method.direction import choose_best_layer, refusal_directions
 from refusal_jax.method.features import pad_width
@@ -92,17 +92,9 @@ class PromptData:
 
 
 def pipeline_positions(pc: PipelineConfig, tokenizer=None) -> ContentPositions:
-    """The position rule of ``pc.skip_positions``: an int n -> the first n real tokens
-    excluded; ``"content"`` -> :func:`refusal_jax.core.positions.content_positions` of the
-    tokenizer (special tokens and the chat template's constant prefix excluded)."""
-    skip = pc.skip_positions
-    if isinstance(skip, str):
-        if skip != "content":
-            raise ValueError(f"skip_positions must be an int or 'content', got {skip!r}")
-        if tokenizer is None:
-            raise ValueError("skip_positions='content' needs the tokenizer")
-        return content_positions(tokenizer)
-    return ContentPositions(prefix_length=int(skip))
+    """The position rule of ``pc.skip_positions`` (see
+    :func:`refusal_jax.core.positions.position_rule`)."""
+    return position_rule(pc.skip_positions, tokenizer)
 
 
 def accumulate_attributions(
@@ -392,6 +384,7 @@ def run_pipeline(
         out_dir, params, cfg, tokenizer, saes, sets["ours"].pairs(), dashboard_prompts(data),
         prep.r_best, attr.mean(axis=1), clamp_value=pc.clamp_value,
         max_new_tokens=pc.max_new_tokens, batch_size=pc.batch_size, pad_multiple=pc.pad_multiple,
+        positions=pipeline_positions(pc, tokenizer),
     )  # fmt: skip
     write_report_html(out_dir)
     return report
