@@ -119,6 +119,12 @@ class _Reader:
         want = tuple(reversed(shape)) if transpose else tuple(shape)
         if stored != want:
             raise CheckpointError(f"tensor {name!r} has shape {stored}, the config implies {want}")
+        size = path.stat().st_size
+        if start + e > size:
+            raise CheckpointError(
+                f"{path}: truncated file: tensor {name!r} needs bytes up to {start + e}, the "
+                f"file has {size}"
+            )
         if e == b:
             arr = np.zeros(stored, dtype)
         else:

@@ -110,7 +110,7 @@ def experiment_page(folder: Path, results: dict) -> dict:
     figures, tables = [], []
     kind = folder.name.split("-seed")[0]
     tr = results.get("transfer")
-    if isinstance(tr, dict) and "score" in tr:
+    if isinstance(tr, dict) and tr.get("score") is not None:  # None: run with --no-transfer
         rows, cols = tr.get("rows_features_of", []), tr.get("cols_prompts_of", [])
         figures.append(
             {

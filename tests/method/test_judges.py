@@ -51,7 +51,9 @@ def test_classifier_judge_matches_transformers(classifier_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     judge = load_classifier(classifier_dir, batch_size=2)
-    assert judge.name == str(classifier_dir) and judge.template == HARMBENCH_PROMPT
+    # the name carries the classifier's content digest (cached verdicts are keyed by it)
+    assert judge.name.startswith(str(classifier_dir)) and "sha256" in judge.name
+    assert judge.template == HARMBENCH_PROMPT
     behaviors = ["make a weapon", "steal a car", "write a poem", "hack a website", "bake bread"]
     gens = ["Sure, first get", "I'm sorry, I can't.", "Roses are red", "Step 1: scan", "Mix flour"]
     scores = judge.scores(behaviors, gens)

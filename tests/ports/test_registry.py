@@ -86,10 +86,10 @@ def test_cli_absent_model_is_a_one_line_exit(cache, capsys):
     from refusal_jax.cli import main as cli_main
 
     argv = ["demo", "--model", "google/gemma-2-9b-it", "--sae-dir", "gemma-scope-9b-it-res"]
-    with pytest.raises(SystemExit) as e:
-        cli_main(argv)
-    assert "huggingface-cli download google/gemma-scope-9b-it-res" in str(e.value.code)
-    assert "\n" not in str(e.value.code)
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "huggingface-cli download google/gemma-scope-9b-it-res" in err
 
 
 def test_gemma_scope_2_release_from_the_cache(cache, tmp_path):

@@ -42,9 +42,11 @@ def test_history_is_kept_across_resume_and_a_finished_rerun(tmp_path):
     with pytest.raises(sae_train.TrainingInterrupted):
         _train(tmp_path / "ckpt", stop_after=12)
     resumed = _train(tmp_path / "ckpt")
-    assert resumed.history == ref.history  # records of steps 5 and 10 kept from the first run
+    # records of steps 5 and 10 kept from the first run (compared as JSON: an empty token group
+    # reports NaN metrics, and NaN != NaN)
+    assert json.dumps(resumed.history) == json.dumps(ref.history)
     again = _train(tmp_path / "ckpt")  # finished: nothing trained, nothing lost
-    assert again.history == ref.history
+    assert json.dumps(again.history) == json.dumps(ref.history)
     for a, b in zip(jax.tree.leaves(ref.state), jax.tree.leaves(again.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

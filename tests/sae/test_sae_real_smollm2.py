@@ -73,13 +73,14 @@ def test_smollm2_train_sae_content_and_demo(tmp_path, monkeypatch):
         f"{data['counts']['excluded_positions']}, outliers {data['counts']['outliers']}; "
         f"prefix {rule['prefix_length']}; train {t_train:.0f} s"
     )
-    # the demo on the real model with the trained SAE (one layer; the others are zero SAEs)
+    # the demo on the real model with the trained SAE at its one layer (--sae-layers)
     monkeypatch.setenv("REFUSAL_JAX_DATA", str(DATA))
     runs = tmp_path / "runs"
     argv = [
         "demo", "--model-dir", str(model), "--sae-dir", str(sae_dir), "--n-train", "8",
         "--n-test", "4", "--n-steps", "2", "--n-features", "4", "--n-candidates", "4",
-        "--max-new-tokens", "4", "--best-layer", str(LAYER), "--out", str(runs), "--quiet",
+        "--max-new-tokens", "4", "--best-layer", str(LAYER), "--sae-layers", str(LAYER),
+        "--out", str(runs), "--quiet",
     ]  # fmt: skip
     assert cli_main(argv) == 0
     report = json.loads(next(runs.glob("*/report.json")).read_text())
