@@ -40,6 +40,7 @@ from refusal_jax.method.prompts import decode_responses, encode_prompts, generat
 from refusal_jax.method.selection import candidate_features, select_features
 from refusal_jax.study.html import write_run_report
 from refusal_jax.study.pipeline import PipelineConfig, accumulate_attributions
+from refusal_jax.study.runs import content_key
 
 
 def _prompts(subject, args):
@@ -75,9 +76,14 @@ def main(argv=None) -> dict:
     directions = refusal_directions(params, cfg, h, s)[0]
     best, _ = choose_best_layer(params, cfg, directions, *h, rt)
     pc = PipelineConfig(skip_positions=subject.skip_positions)
-    attr = accumulate_attributions(
-        params, cfg, saes, *h, directions[best], rt, pc, progress=not args.quiet
-    )
+    # cached in the run folder (keys salted by the run's identity): --resume reuses them
+    attr = cache.arrays(
+        "attribution",
+        content_key(best, pc.n_steps),
+        lambda: {"attr": accumulate_attributions(
+            params, cfg, saes, *h, directions[best], rt, pc, progress=not args.quiet
+        )},
+    )["attr"]  # fmt: skip
     clamps, sizes = list(args.clamp_values), list(args.candidates)
     gen = lambda ids_mask, patch: decode_responses(
         tok,
@@ -90,18 +96,20 @@ def main(argv=None) -> dict:
             attr, args.n_features, candidates=candidate_features(saes, directions[best], k=k)
         )
         for c in clamps:
-            patch = clamp_features(saes, fs, c)
-            refused, complied = judge_responses(gen(hv, patch), subject.compliance_prefixes)
-            harmless_refused, _ = judge_responses(gen(sv, patch))
-            grid.append(
-                {
+
+            def cell(k=k, c=c, fs=fs) -> dict:
+                patch = clamp_features(saes, fs, c)
+                refused, complied = judge_responses(gen(hv, patch), subject.compliance_prefixes)
+                harmless_refused, _ = judge_responses(gen(sv, patch))
+                return {
                     "n_candidates": k,
                     "clamp_value": c,
                     "jailbreak_rate": float(complied.mean()),
                     "harmful_refusal_rate": float(refused.mean()),
                     "harmless_refusal_rate": float(harmless_refused.mean()),
                 }
-            )
+
+            grid.append(cache.json("cell", content_key(best, k, c), cell))
             bar.update(1)
     bar.close()
     best_cell = max(grid, key=lambda g: g["jailbreak_rate"] - g["harmless_refusal_rate"])
