@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.typing import ArrayLike
 
 from refusal_jax import sae as sae_lib
 from refusal_jax.core.config import ModelConfig
@@ -121,17 +122,19 @@ class LAIGResult:
 
 
 def patched_runs(
-    params,
+    params: dict,
     cfg: ModelConfig,
-    ids,
-    mask,
-    direction,
-    refusal_token,
-    jailbreak_token=None,
+    ids: ArrayLike,
+    mask: ArrayLike,
+    direction: ArrayLike,
+    refusal_token: int | ArrayLike,
+    jailbreak_token: int | ArrayLike | None = None,
     error_mode: str = "paper",
 ) -> PatchedRuns:
-    """Clean run and ablated run. ``jailbreak_token``: None -> per-sample argmax of the ablated
-    run's last-position logits (the paper's ``ind_jailbreak``), else an int or [B] ids."""
+    """Clean run and ablated run of ids / mask [B, T] (left padded) with ``direction`` [D]
+    ablated at every layer; residuals [L, B, T, D]. ``jailbreak_token``: None -> per-sample
+    argmax of the ablated run's last-position logits (the paper's ``ind_jailbreak``), else an
+    int or [B] ids."""
     if error_mode not in ERROR_MODES:
         raise ValueError(f"error_mode must be one of {ERROR_MODES}, got {error_mode!r}")
     clean = forward_fn(params, cfg, ids, mask, return_residuals=True, last_logits_only=True)
@@ -149,8 +152,9 @@ def patched_runs(
     )
 
 
-def refusal_metric(logits, jailbreak_token, refusal_token):
-    """m = sum_b logit[b, -1, jb_b] - logit[b, -1, refusal] (last position)."""
+def refusal_metric(logits: jax.Array, jailbreak_token: jax.Array, refusal_token: int) -> jax.Array:
+    """m = sum_b logit[b, -1, jb_b] - logit[b, -1, refusal] (last position): logits [B, T, V],
+    jailbreak_token [B] int -> a scalar."""
     last = logits[:, -1]
     jb = jnp.take_along_axis(last, jailbreak_token[:, None], axis=-1)[:, 0]
     return jnp.sum(jb - last[:, refusal_token])
@@ -230,23 +234,24 @@ def la_ig_fn(
 
 
 def la_ig(
-    params,
+    params: dict,
     cfg: ModelConfig,
-    ids,
-    mask,
-    direction,
+    ids: ArrayLike,
+    mask: ArrayLike,
+    direction: ArrayLike,
     *,
     refusal_token: int,
-    jailbreak_token=None,
+    jailbreak_token: int | ArrayLike | None = None,
     n_steps: int = 10,
     alpha_rule: str = "left",
     error_mode: str = "paper",
     alpha_batch: int | None = None,
     remat: bool | str = False,
 ) -> LAIGResult:
-    """LA-IG gradients for a batch of left-padded prompts.
+    """LA-IG gradients for a batch of left-padded prompts ids / mask [B, T].
 
-    direction [D]: the refusal direction (ablated at every layer in the patched run).
+    Returns :class:`LAIGResult` (``grad`` [L, B, T, D] float32, ``metric`` [n_steps], the
+    patched runs). direction [D]: the refusal direction (ablated at every layer in the patched run).
     All alpha steps are one jitted program: a scan over chunks of ``alpha_batch`` steps (None:
     1, one step at a time), the steps of a chunk vmapped, their gradients summed in float32.
     Peak memory scales with ``alpha_batch``, not ``n_steps``; ``alpha_batch=n_steps`` runs all
@@ -284,7 +289,13 @@ def la_ig(
     )
 
 
-def position_weights(mask, skip: int = 1, *, ids=None, positions=None) -> jax.Array:
+def position_weights(
+    mask: ArrayLike,
+    skip: int = 1,
+    *,
+    ids: ArrayLike | None = None,
+    positions: ContentPositions | None = None,
+) -> jax.Array:
     """[B, T] float: 1 on the content positions of :mod:`refusal_jax.core.positions`.
 
     ``positions`` (a :class:`~refusal_jax.core.positions.ContentPositions`, needs ``ids``
@@ -303,7 +314,9 @@ def _decoder_grad(sae_l, g):
 
 
 @functools.partial(jax.jit, static_argnames=("per_token",))
-def feature_attributions(result: LAIGResult, saes, weights, per_token: bool = False):
+def feature_attributions(
+    result: LAIGResult, saes: sae_lib.SAE, weights: jax.Array, per_token: bool = False
+) -> jax.Array:
     """Attributions of every feature at every layer.
 
     weights [B, T] (see :func:`position_weights`). Returns the weighted mean over positions
@@ -328,7 +341,7 @@ def feature_attributions(result: LAIGResult, saes, weights, per_token: bool = Fa
 
 
 @jax.jit
-def subset_attributions(result: LAIGResult, saes, features: FeatureSet):
+def subset_attributions(result: LAIGResult, saes: sae_lib.SAE, features: FeatureSet) -> jax.Array:
     """Per-token attributions of a feature subset only: [L, B, T, K] (masked entries 0)."""
     runs = result.runs
 
@@ -375,20 +388,22 @@ class _SAEInTheLoop:
 
 
 def la_ig_naive(
-    params,
-    cfg,
-    saes,
-    ids,
-    mask,
-    direction,
+    params: dict,
+    cfg: ModelConfig,
+    saes: sae_lib.SAE,
+    ids: ArrayLike,
+    mask: ArrayLike,
+    direction: ArrayLike,
     *,
-    refusal_token,
-    jailbreak_token=None,
-    n_steps=10,
-    alpha_rule="left",
-    error_mode="paper",
-):
-    """Reference LA-IG with the SAEs in the loop: returns per-token attributions [L,B,T,S]."""
+    refusal_token: int,
+    jailbreak_token: int | ArrayLike | None = None,
+    n_steps: int = 10,
+    alpha_rule: str = "left",
+    error_mode: str = "paper",
+) -> jax.Array:
+    """Reference LA-IG with the SAEs in the loop, one gradient per feature activation: ids /
+    mask [B, T], direction [D] -> per-token attributions [L, B, T, S]. Slow; the test oracle
+    of :func:`la_ig` + :func:`feature_attributions`."""
     ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
     runs = patched_runs(
         params, cfg, ids, mask, direction, refusal_token, jailbreak_token, error_mode
