@@ -134,7 +134,9 @@ class Subject:
         if self.saes is not None:
             saes = describe_tree(self.saes, str(self.sae_dir or "organism SAEs"))
         if self.organism:
-            data_rec = describe_files("organism corpus", [corpus_mod.__file__, vocab_mod.__file__])
+            data_rec = describe_files(
+                "organism corpus", [corpus_mod.__file__, vocab_mod.__file__, vocab_mod.VOCAB_FILE]
+            )
         else:
             data_rec = describe_input(data.data_dir(self.data_dir))
         return Identity(model, saes, data_rec, dict(settings), dict(inputs or {}))
