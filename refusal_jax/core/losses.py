@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 
-def next_token_nll_sum(logits: jax.Array, ids: jax.Array, weights: jax.Array):
+def next_token_nll_sum(
+    logits: ArrayLike, ids: ArrayLike, weights: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
     """Weighted next-token negative log-likelihood, summed.
 
     logits [B, T, V] (any float dtype; log-softmax in float32), ids [B, T] int, weights [B, T-1]:
