@@ -327,7 +327,9 @@ class ZeroAblate:
         return jnp.where(self.layer_mask[layer], jnp.zeros_like(x), x)
 
 
-def splice_patch(saes, n_layers: int, layers=None) -> SpliceSAE:
+def splice_patch(
+    saes: Mapping[int, SAE] | SAE, n_layers: int, layers: Sequence[int] | None = None
+) -> SpliceSAE:
     """A :class:`SpliceSAE` from a ``{layer: SAE}`` set or a stacked SAE [n_layers, ...].
 
     A single-layer set stays unstacked (no zero placeholders for the other layers).
