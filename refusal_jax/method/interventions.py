@@ -193,11 +193,12 @@ def hold_features(
     values: jax.Array,
     min_position: int | jax.Array = 0,
     prompt_only: bool = False,
-):
+) -> ClampFeatures | HoldOnPrompt:
     """Hold features at given per-layer, per-token values [L, B, T, K] (e.g. clean activations).
 
     ``prompt_only``: hold them at the T prompt positions only and leave generated tokens alone
-    (the reference code's "retain", which has clean values for the prompt only)."""
+    (the reference code's "retain", which has clean values for the prompt only). Returns the
+    patch to pass as ``patch=`` to the model (stacked ``saes`` [L, ...])."""
     hold = ClampFeatures(
         saes,
         features,
