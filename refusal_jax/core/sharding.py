@@ -129,7 +129,7 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
 def put(x: ArrayLike, sharding: NamedSharding) -> jax.Array:
     """Place one array on ``sharding``. A host (numpy) array is cut on the host and each device
     receives only its slice (also across hosts: every process passes the same global array);
-    a ``jax.Array`` is resharded."""
+    a ``jax.Array`` is resharded. Any shape; the result has the shape of ``x``."""
     if isinstance(x, jax.Array):
         return jax.device_put(x, sharding)
     x = np.asarray(x)

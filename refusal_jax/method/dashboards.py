@@ -128,9 +128,9 @@ def max_per_prompt(acts: ArrayLike, mask: ArrayLike) -> np.ndarray:
     return np.maximum(a.max(axis=1), 0.0)
 
 
-def density_bins(*value_sets, n_bins: int = 20) -> np.ndarray:
-    """Shared histogram edges [n_bins + 1] from 0 to the largest value of all sets (1 when all
-    are 0), so densities of several prompt sets can be compared bar by bar."""
+def density_bins(*value_sets: ArrayLike, n_bins: int = 20) -> np.ndarray:
+    """Shared histogram edges [n_bins + 1] from 0 to the largest value of all sets (each
+    [N_i]; 1 when all are 0), so densities of several prompt sets can be compared bar by bar."""
     hi = max((float(np.max(v)) for v in value_sets if np.size(v)), default=0.0)
     return np.linspace(0.0, hi if hi > 0 else 1.0, n_bins + 1).astype(np.float32)
 

@@ -32,6 +32,7 @@ from refusal_jax.sae import SAE
 
 
 def unit(v: jax.Array, axis: int = -1) -> jax.Array:
+    """``v`` scaled to unit norm along ``axis``: e.g. v [..., D] -> [..., D]."""
     return v / jnp.linalg.norm(v, axis=axis, keepdims=True)
 
 

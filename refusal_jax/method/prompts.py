@@ -70,10 +70,11 @@ def generate_tokens(
     batch_size: int = 32,
     max_new_tokens: int = 32,
     patch: object | None = None,
-    **kw,
+    **kw: object,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy generation over a prompt set ids, mask [N, T] in fixed-size batches (one
-    compilation): (tokens [N, max_new_tokens], lengths [N])."""
+    """Greedy generation over a prompt set ids [N, T] int, mask [N, T] in fixed-size batches
+    (one compilation): (tokens [N, max_new_tokens] int, lengths [N] int). ``kw`` goes to
+    :func:`refusal_jax.core.model.generate`."""
 
     check_patch_rows(patch, len(ids))
     toks, lens = [], []

@@ -83,7 +83,10 @@ def select_features(
 
 
 def cs_features(saes: SAE, direction: jax.Array, n: int = 20) -> FeatureSet:
-    """Baseline ``cs``: top n over all layers by decoder cosine with the direction."""
+    """Baseline ``cs``: top n over all layers by decoder cosine with the direction.
+
+    Stacked ``saes`` [L, ...] (decoder rows W_dec [L, S, D]), direction [D] -> a global set of
+    n (layer, feature) pairs."""
     return top_features(np.asarray(decoder_cosines(saes, direction)), n)
 
 

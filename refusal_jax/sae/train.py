@@ -777,7 +777,8 @@ def warm_start(states: LayerState, saes: SAE) -> LayerState:
 
 
 def export_saes(states: LayerState) -> list[SAE]:
-    """Trained SAEs (one per stacked layer), scale folded into the weights (input_scale 1)."""
+    """Trained SAEs (one per stacked layer of ``states`` [L, ...]), scale folded into the
+    weights (input_scale 1)."""
     out = []
     for i in range(states.scale.shape[0]):
         sae = sae_lib.sae_layer(states.sae, i)
