@@ -145,8 +145,8 @@ def shard_params(params: dict, cfg: ModelConfig, mesh: Mesh) -> dict:
 
 def sae_specs(saes: object, mesh: Mesh) -> object:
     """PartitionSpecs for an SAE pytree (stacked [L, ...] or single): split over its width.
-    Returns a pytree of ``PartitionSpec`` with the structure of ``saes`` (W_enc [.., D, S] and
-    W_dec [.., S, D] split on their S axis)."""
+    Returns a pytree of ``PartitionSpec`` with the structure of ``saes`` (W_enc [..., d_in, S] and
+    W_dec [..., S, d_in] split on their S axis)."""
     d_sae = saes.W_dec.shape[-2]
     w = _split(d_sae, mesh)
     lead = (None,) * (saes.W_dec.ndim - 2)
