@@ -14,6 +14,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+from jax.typing import DTypeLike
 
 from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.errors import check_finite_tree
@@ -30,7 +32,7 @@ TOKENIZER_FILES = (
 )
 
 
-def save_pytree(path, tree) -> None:
+def save_pytree(path: str | os.PathLike, tree: object) -> None:
     """Save a pytree of arrays with orbax (overwrites)."""
     path = Path(path).absolute()
     if path.exists():
@@ -39,7 +41,7 @@ def save_pytree(path, tree) -> None:
         ckptr.save(path, tree)
 
 
-def load_pytree(path, abstract=None):
+def load_pytree(path: str | os.PathLike, abstract: object | None = None) -> object:
     """Restore a pytree saved by :func:`save_pytree` (optionally onto given shardings/dtypes)."""
     path = Path(path).absolute()
     if not path.exists():
@@ -48,7 +50,7 @@ def load_pytree(path, abstract=None):
         return ckptr.restore(path, abstract) if abstract is not None else ckptr.restore(path)
 
 
-def replace_folder(tmp, folder) -> None:
+def replace_folder(tmp: str | os.PathLike, folder: str | os.PathLike) -> None:
     """Swap the finished folder ``tmp`` in as ``folder``: the previous ``folder`` (if any) is
     renamed aside, ``tmp`` renamed in, then the previous one deleted. Until the swap the old
     folder is untouched; a crash between the two renames leaves it as ``.<name>.old``, which
@@ -64,7 +66,7 @@ def replace_folder(tmp, folder) -> None:
         shutil.rmtree(old)
 
 
-def recover_folder(folder) -> None:
+def recover_folder(folder: str | os.PathLike) -> None:
     """Undo a swap interrupted between its renames (see :func:`replace_folder`)."""
     folder = Path(folder)
     old = folder.with_name(f".{folder.name}.old")
@@ -72,7 +74,12 @@ def recover_folder(folder) -> None:
         os.rename(old, folder)
 
 
-def save_model(folder, cfg: ModelConfig, params, tokenizer_dir=None) -> None:
+def save_model(
+    folder: str | os.PathLike,
+    cfg: ModelConfig,
+    params: dict,
+    tokenizer_dir: str | os.PathLike | None = None,
+) -> None:
     """Write a converted model folder (config, orbax params, tokenizer files copied from
     ``tokenizer_dir``). Everything is written into the temporary sibling ``.<name>.converting``
     and swapped in at the end (:func:`replace_folder`): an interrupted conversion never
@@ -93,12 +100,14 @@ def save_model(folder, cfg: ModelConfig, params, tokenizer_dir=None) -> None:
     replace_folder(tmp, folder)
 
 
-def is_converted(folder) -> bool:
+def is_converted(folder: str | os.PathLike) -> bool:
     """True when ``folder`` holds a model converted by ``ports`` (an orbax checkpoint)."""
     return (Path(folder) / CONFIG_NAME).exists()
 
 
-def load_converted(folder, mesh=None, dtype=None) -> tuple[ModelConfig, dict]:
+def load_converted(
+    folder: str | os.PathLike, mesh: Mesh | None = None, dtype: DTypeLike | None = None
+) -> tuple[ModelConfig, dict]:
     """Restore a converted model folder (``python -m ports.hf`` / ``ports.gguf`` output).
 
     With a ``mesh`` (:func:`refusal_jax.core.sharding.make_mesh`) every array is restored straight

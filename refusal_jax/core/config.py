@@ -145,7 +145,7 @@ _GEMMA_DEFAULTS = dict(
 )
 
 
-def gemma2_config(*, n_layers: int, head_dim: int, **kw) -> ModelConfig:
+def gemma2_config(*, n_layers: int, head_dim: int, **kw: Any) -> ModelConfig:
     """A Gemma-2 config with the family's fixed choices (softcaps, sandwich norms, ...).
 
     Pass the shape (``vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, d_mlp``)
@@ -168,7 +168,7 @@ def gemma3_sliding_layers(n_layers: int, pattern: int = 6) -> tuple[bool, ...]:
     return tuple(bool((i + 1) % pattern) for i in range(n_layers))
 
 
-def gemma3_config(*, n_layers: int, head_dim: int, **kw) -> ModelConfig:
+def gemma3_config(*, n_layers: int, head_dim: int, **kw: Any) -> ModelConfig:
     """A Gemma 3 (text) config with the family's fixed choices: q/k norms, sandwich norms,
     5 sliding layers per global one, local RoPE base 10k and global 1M, no softcapping.
 

@@ -17,9 +17,11 @@ import math
 import os
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
+from jax.typing import ArrayLike
 
 
 class UserError(ValueError):
@@ -46,7 +48,7 @@ class NonFiniteError(UserError):
     """A computed result (direction, attribution, loss, metric) is NaN or infinite."""
 
 
-def check_finite(value, what: str) -> None:
+def check_finite(value: ArrayLike, what: str) -> None:
     """Raise :class:`NonFiniteError` naming ``what`` when ``value`` (a number or array, numpy or
     concrete jax) holds a NaN or an infinity. Call on results at the end of a stage."""
     arr = np.asarray(value)
@@ -62,8 +64,8 @@ def check_finite(value, what: str) -> None:
         raise NonFiniteError(f"{what}: {n_bad} of {flat.size} values are NaN or infinite")
 
 
-def check_direction(direction, d_model: int | None, what: str = "direction") -> None:
-    """Refuse a refusal direction that is not a finite, non-zero vector [d_model] (concrete
+def check_direction(direction: ArrayLike, d_model: int | None, what: str = "direction") -> None:
+    """Refuse a refusal direction that is not a finite, non-zero vector [D] (concrete
     arrays only; traced ones pass). Raises :class:`NonFiniteError` / :class:`UserError` naming
     ``what``."""
     if type(direction).__module__.startswith("jax") and not hasattr(
@@ -81,10 +83,10 @@ def check_direction(direction, d_model: int | None, what: str = "direction") -> 
         raise UserError(f"{what} is all zeros: it has no direction to ablate or attribute along")
 
 
-def nonfinite_rows(arr, stacked: bool = False) -> list[int] | bool:
+def nonfinite_rows(arr: ArrayLike, stacked: bool = False) -> list[int] | bool:
     """Where a (possibly sharded, multi-host) array holds NaN/inf, reading only this process's
-    shards: the sorted leading indices with a bad value when ``stacked`` (one row per layer),
-    else whether any value is bad."""
+    shards: for ``arr`` [L, ...] the sorted leading indices with a bad value when ``stacked``
+    (one row per layer), else whether any value is bad."""
     bad: set[int] = set()
     any_bad = False
     shards = getattr(arr, "addressable_shards", None)
@@ -103,7 +105,7 @@ def nonfinite_rows(arr, stacked: bool = False) -> list[int] | bool:
     return sorted(bad) if stacked else any_bad
 
 
-def check_finite_tree(tree, where: str) -> None:
+def check_finite_tree(tree: object, where: str) -> None:
     """Raise :class:`WeightsError` naming the first parameter (pytree path, and layer for the
     ``layers`` subtree) of ``tree`` that holds a NaN or an infinity."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -115,7 +117,9 @@ def check_finite_tree(tree, where: str) -> None:
             raise WeightsError(f"{where}: tensor {name}{at} has NaN or infinite values")
 
 
-def check_number(value, what: str, *, minimum=None, positive=False) -> float:
+def check_number(
+    value: object, what: str, *, minimum: float | None = None, positive: bool = False
+) -> float:
     """``float(value)``, refused (:class:`UserError` naming ``what``) when it is not a finite
     number, negative below ``minimum`` or not positive when ``positive``."""
     try:
@@ -139,7 +143,7 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} ({self.prog})")
 
 
-def debug_requested(argv=None) -> bool:
+def debug_requested(argv: Sequence[str] | None = None) -> bool:
     """True with ``--debug`` in ``argv`` or ``REFUSAL_JAX_DEBUG`` set (not empty, 0 or false)."""
     env = os.environ.get("REFUSAL_JAX_DEBUG", "")
     return "--debug" in (argv or ()) or env not in ("", "0", "false", "False")
@@ -152,7 +156,7 @@ def _one_line(e: BaseException) -> str:
     return text
 
 
-def run_cli(main, argv=None) -> int:
+def run_cli(main: Callable[[list[str]], object], argv: list[str] | None = None) -> int:
     """Run ``main(argv)`` as a command: a :class:`UserError` or a missing/unreadable file
     (``OSError``) prints ``error: ...`` (one line, stderr) and returns 2; ``--debug`` (removed from
     ``argv``) or ``REFUSAL_JAX_DEBUG=1`` prints the traceback too. Returns ``main``'s int result

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import jax
@@ -74,7 +75,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def file_digest(path, *, use_cache: bool = True) -> str:
+def file_digest(path: str | os.PathLike, *, use_cache: bool = True) -> str:
     """sha256 (hex) of every byte of ``path``. With ``use_cache`` the digest is looked up in and
     stored to the digest cache under (absolute path, size, mtime_ns): an unchanged file is not
     read again; a file changed in place (other size or mtime) is hashed anew."""
@@ -109,7 +110,7 @@ def _files(root: Path) -> list[Path]:
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
-def folder_files(path) -> dict[str, str]:
+def folder_files(path: str | os.PathLike) -> dict[str, str]:
     """{relative path: sha256} of every (non-hidden) file under ``path`` (a file: its name)."""
     root = Path(path)
     if not root.exists():
@@ -126,24 +127,24 @@ def _combine(files: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def folder_digest(path) -> str:
+def folder_digest(path: str | os.PathLike) -> str:
     """sha256 over the sorted relative paths and full-content digests of a folder's files."""
     return _combine(folder_files(path))
 
 
-def describe_input(path, label: str | None = None) -> dict:
+def describe_input(path: str | os.PathLike, label: str | None = None) -> dict:
     """A JSON record of a file or folder input: ``{"path", "digest", "files"}``."""
     files = folder_files(path)
     return {"path": label or str(Path(path).resolve()), "digest": _combine(files), "files": files}
 
 
-def describe_files(label: str, paths) -> dict:
+def describe_files(label: str, paths: Iterable[str | os.PathLike]) -> dict:
     """A JSON record of a set of files standing for one input (e.g. the code of a corpus)."""
     files = {Path(p).name: file_digest(p) for p in paths}
     return {"path": label, "digest": _combine(files), "files": files}
 
 
-def tree_digest(tree) -> str:
+def tree_digest(tree: object) -> str:
     """sha256 over a pytree: its structure (static fields included), every leaf's dtype, shape
     and ALL of its bytes (sharded or multi-host arrays are gathered one leaf at a time)."""
     h = hashlib.sha256()
@@ -159,7 +160,7 @@ def tree_digest(tree) -> str:
     return h.hexdigest()
 
 
-def describe_tree(tree, label: str) -> dict:
+def describe_tree(tree: object, label: str) -> dict:
     """A JSON record of an in-memory input (e.g. loaded SAEs): ``{"path", "digest", "files"}``."""
     return {"path": label, "digest": tree_digest(tree), "files": {}}
 
@@ -262,7 +263,9 @@ def diff(a: Identity, b: Identity) -> list[str]:
     return out
 
 
-def bind_identity(folder, identity: Identity, *, force: bool = False, what: str = "") -> bool:
+def bind_identity(
+    folder: str | os.PathLike, identity: Identity, *, force: bool = False, what: str = ""
+) -> bool:
     """Record ``identity`` in ``folder`` (new folder) or check it against the recorded one.
 
     Returns True when the folder was (re)bound: new, or ``force`` over another identity (its
@@ -301,7 +304,7 @@ def _warn_damaged(path, reason) -> None:
     warnings.warn(f"{path}: damaged stored result ({reason}); recomputing it", stacklevel=3)
 
 
-def save_checked_arrays(path, arrays: dict, key: str | None = None) -> None:
+def save_checked_arrays(path: str | os.PathLike, arrays: dict, key: str | None = None) -> None:
     """Save a flat dict of arrays as safetensors (atomically) with its sha256 in the header
     (and ``key``, the identity of the inputs it was computed from, when given)."""
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()}
@@ -309,7 +312,9 @@ def save_checked_arrays(path, arrays: dict, key: str | None = None) -> None:
     save_arrays_atomic(path, arrays, metadata=meta)
 
 
-def load_checked_arrays(path, key: str | None = None) -> dict[str, np.ndarray] | None:
+def load_checked_arrays(
+    path: str | os.PathLike, key: str | None = None
+) -> dict[str, np.ndarray] | None:
     """The arrays of a :func:`save_checked_arrays` file, or None (with a warning naming the
     file) when it is missing its checksum, truncated, unreadable, altered or (``key`` given)
     made from other inputs."""
@@ -336,13 +341,13 @@ def _json_sum(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-def write_checked_json(path, value) -> None:
+def write_checked_json(path: str | os.PathLike, value: object) -> None:
     """Write ``{"sha256": ..., "value": value}`` atomically (``value`` made JSON-able)."""
     value = jsonable(value)
     write_json_atomic(path, {"sha256": _json_sum(value), "value": value})
 
 
-def read_checked_json(path):
+def read_checked_json(path: str | os.PathLike) -> tuple[bool, object]:
     """``(True, value)`` of a :func:`write_checked_json` file, or ``(False, None)`` with a warning
     naming the file when it is truncated, unreadable or altered."""
     try:

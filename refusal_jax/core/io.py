@@ -11,12 +11,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+from jax.typing import ArrayLike
 from safetensors.numpy import load_file, save_file
 
 from refusal_jax.core.errors import UsageError, UserError, WeightsError
 
 
-def write_text_atomic(path, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +26,7 @@ def write_text_atomic(path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_figure_atomic(fig, path, **kw) -> None:
+def save_figure_atomic(fig: object, path: str | os.PathLike, **kw: object) -> None:
     """``fig.savefig(path, **kw)`` via a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +35,12 @@ def save_figure_atomic(fig, path, **kw) -> None:
     os.replace(tmp, path)
 
 
-def check_separate(out, src, out_flag: str = "--out", src_flag: str = "the input") -> None:
+def check_separate(
+    out: str | os.PathLike,
+    src: str | os.PathLike,
+    out_flag: str = "--out",
+    src_flag: str = "the input",
+) -> None:
     """Refuse an output path equal to, inside, or containing the input path (a conversion
     would overwrite or delete its own source): :class:`UsageError` naming both flags."""
     o, s = Path(out).resolve(), Path(src).resolve()
@@ -45,7 +51,9 @@ def check_separate(out, src, out_flag: str = "--out", src_flag: str = "the input
         )
 
 
-def jsonable(obj):
+def jsonable(obj: object) -> object:
+    """``obj`` with dicts, lists/tuples, dataclasses, numpy scalars, numpy/jax arrays (any
+    shape, as nested lists) and paths turned into plain JSON values."""
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -61,12 +69,12 @@ def jsonable(obj):
     return obj
 
 
-def write_json_atomic(path, obj) -> None:
+def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
     """Write ``obj`` (dicts, lists, numbers, numpy/jax arrays, dataclasses) as JSON atomically."""
     write_text_atomic(path, json.dumps(jsonable(obj), indent=2))
 
 
-def read_json(path):
+def read_json(path: str | os.PathLike) -> object:
     """The JSON in ``path``; a malformed or non-UTF-8 file is a :class:`UserError` naming it."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -90,7 +98,9 @@ def read_json_file(path, error: type[Exception] = ValueError, what: str = "file"
         raise error(f"{path}: not valid JSON ({e})") from e
 
 
-def save_arrays_atomic(path, arrays: dict, metadata: dict[str, str] | None = None) -> None:
+def save_arrays_atomic(
+    path: str | os.PathLike, arrays: dict[str, ArrayLike], metadata: dict[str, str] | None = None
+) -> None:
     """Save a flat dict of arrays as safetensors atomically (``metadata``: header strings)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +111,7 @@ def save_arrays_atomic(path, arrays: dict, metadata: dict[str, str] | None = Non
     os.replace(tmp, path)
 
 
-def load_arrays(path) -> dict[str, np.ndarray]:
+def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of a safetensors file; a damaged file is a :class:`WeightsError` naming it."""
     try:
         return load_file(str(path))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 
-def next_token_nll_sum(logits: jax.Array, ids: jax.Array, weights: jax.Array):
+def next_token_nll_sum(
+    logits: ArrayLike, ids: ArrayLike, weights: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
     """Weighted next-token negative log-likelihood, summed.
 
     logits [B, T, V] (any float dtype; log-softmax in float32), ids [B, T] int, weights [B, T-1]:
@@ -20,7 +23,8 @@ def next_token_nll_sum(logits: jax.Array, ids: jax.Array, weights: jax.Array):
 
 def next_token_ce(logits: jax.Array, ids: jax.Array, weights: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy (nats) over the weighted targets (see
-    :func:`next_token_nll_sum`); 0 when every weight is 0."""
+    :func:`next_token_nll_sum`): logits [B, T, V], ids [B, T] int, weights [B, T-1] -> a float32
+    scalar; 0 when every weight is 0."""
     total, count = next_token_nll_sum(logits, ids, weights)
     return total / jnp.maximum(count, 1.0)
 

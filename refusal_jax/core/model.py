@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.typing import ArrayLike
 
 from refusal_jax.core import layout
 from refusal_jax.core.config import ModelConfig
@@ -249,7 +250,7 @@ REMAT_POLICIES = {
 }
 
 
-def remat_policy(remat: bool | str | None):
+def remat_policy(remat: bool | str | None) -> object | None:
     """``remat`` (False/None, True = "full", or a :data:`REMAT_POLICIES` name) -> the
     ``jax.checkpoint`` policy, or None for no rematerialisation."""
     if remat is None or remat is False:
@@ -337,15 +338,19 @@ def forward_fn(
     return ForwardOutput(logits, pre, posts, kv if return_kv else None, unpatched)
 
 
-def n_embeddings(params, cfg: ModelConfig) -> int:
+def n_embeddings(params: Params, cfg: ModelConfig) -> int:
     """Rows of the embedding table (``cfg.vocab_size`` unless the table was extended)."""
     embed = params.get("embed") if isinstance(params, dict) else None
     return int(embed.shape[0]) if getattr(embed, "shape", None) else cfg.vocab_size
 
 
 def check_inputs(
-    cfg: ModelConfig, input_ids, attention_mask=None, where: str = "forward", n_vocab=None
-):
+    cfg: ModelConfig,
+    input_ids: ArrayLike,
+    attention_mask: ArrayLike | None = None,
+    where: str = "forward",
+    n_vocab: int | None = None,
+) -> None:
     """Validate a concrete batch before it reaches a jitted program: ``input_ids`` [B, T] integer
     ids in [0, n_vocab) (default ``cfg.vocab_size``; see :func:`n_embeddings`),
     ``attention_mask`` [B, T] of 0/1 with left padding only (0s, then 1s) and
@@ -392,7 +397,14 @@ _forward_jit = jax.jit(
 
 
 @functools.wraps(forward_fn)
-def forward(params, cfg, input_ids, attention_mask=None, patch=None, **kw) -> ForwardOutput:
+def forward(
+    params: Params,
+    cfg: ModelConfig,
+    input_ids: ArrayLike,
+    attention_mask: ArrayLike | None = None,
+    patch: object | None = None,
+    **kw: object,
+) -> ForwardOutput:
     check_inputs(cfg, input_ids, attention_mask, "forward", n_embeddings(params, cfg))
     return _forward_jit(params, cfg, input_ids, attention_mask, patch, **kw)
 

@@ -28,6 +28,9 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+
+from refusal_jax.core.config import ModelConfig
 
 PREFIX_MODES = ("template", "data", "none")
 
@@ -71,7 +74,9 @@ class ContentPositions:
         return {"special_ids": list(self.special_ids), "prefix_length": self.prefix_length}
 
 
-def special_token_ids(tokenizer=None, model_cfg=None) -> tuple[int, ...]:
+def special_token_ids(
+    tokenizer: object | None = None, model_cfg: ModelConfig | None = None
+) -> tuple[int, ...]:
     """BOS/EOS/pad/unk and every other special token id of a Hugging Face tokenizer
     (``all_special_ids``), plus the model config's ``bos_token_id``, ``eos_token_ids`` and
     ``pad_token_id`` when given."""
@@ -97,7 +102,7 @@ def _common_prefix(rows) -> int:
     return n
 
 
-def template_prefix_length(tokenizer) -> int:
+def template_prefix_length(tokenizer: object) -> int:
     """Tokens of the chat template identical for every user message, before the first user
     token: the common token prefix of the template rendered around two unrelated messages
     (0 when the tokenizer has no chat template)."""
@@ -112,8 +117,9 @@ def template_prefix_length(tokenizer) -> int:
     return _common_prefix(rows)
 
 
-def common_prefix_length(ids, mask) -> int:
-    """Leading real tokens identical in every sequence of a left-padded set (ids/mask [N, T])."""
+def common_prefix_length(ids: ArrayLike, mask: ArrayLike) -> int:
+    """Leading real tokens identical in every sequence of a left-padded set
+    (ids [N, T] int, mask [N, T])."""
     ids, mask = np.asarray(ids), np.asarray(mask).astype(bool)
     rows = [r[m] for r, m in zip(ids, mask)]
     if len(rows) < 2:
@@ -122,13 +128,13 @@ def common_prefix_length(ids, mask) -> int:
 
 
 def content_positions(
-    tokenizer=None,
+    tokenizer: object | None = None,
     *,
-    model_cfg=None,
+    model_cfg: ModelConfig | None = None,
     special: bool = True,
     prefix: str | int = "template",
-    ids=None,
-    mask=None,
+    ids: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     skip_first: int = 0,
 ) -> ContentPositions:
     """The default content rule for a tokenizer (and/or model config) and token set.
@@ -136,7 +142,8 @@ def content_positions(
     special: exclude special tokens (:func:`special_token_ids`).
     prefix: ``"template"`` the chat template's constant prefix (falls back to ``"data"`` when the
       tokenizer has no chat template and a token set is given), ``"data"`` the prefix shared by
-      every sequence of ``ids``/``mask``, ``"none"``, or an explicit number of tokens.
+      every sequence of ``ids`` [N, T] int / ``mask`` [N, T], ``"none"``, or an explicit
+      number of tokens.
     skip_first: at least this many leading tokens are excluded whatever ``prefix`` gives.
     """
     if isinstance(prefix, str) and prefix not in PREFIX_MODES:
@@ -158,7 +165,7 @@ def content_positions(
     return ContentPositions(specials, max(n, int(skip_first)))
 
 
-def position_rule(skip: int | str, tokenizer=None) -> ContentPositions:
+def position_rule(skip: int | str, tokenizer: object | None = None) -> ContentPositions:
     """The rule named by a ``skip_positions`` setting: an int n -> the first n real tokens
     excluded; ``"content"`` -> :func:`content_positions` of the tokenizer (special tokens and
     the chat template's constant prefix excluded)."""

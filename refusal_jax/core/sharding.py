@@ -18,20 +18,27 @@ with :func:`to_host`.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike, DTypeLike
 
 from refusal_jax.core import layout
 from refusal_jax.core.config import ModelConfig
 
+_T = TypeVar("_T")
+
 DATA, MODEL = "data", "model"
 
 
-def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
+def make_mesh(
+    data: int | None = None, model: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A (data, model) mesh over ``devices`` (default: all devices of all processes).
 
     ``data=None`` uses every device left after ``model``. Devices are ordered by process, so a
@@ -119,10 +126,10 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(cfg, mesh), is_leaf=_is_spec)
 
 
-def put(x, sharding: NamedSharding) -> jax.Array:
+def put(x: ArrayLike, sharding: NamedSharding) -> jax.Array:
     """Place one array on ``sharding``. A host (numpy) array is cut on the host and each device
     receives only its slice (also across hosts: every process passes the same global array);
-    a ``jax.Array`` is resharded."""
+    a ``jax.Array`` is resharded. Any shape; the result has the shape of ``x``."""
     if isinstance(x, jax.Array):
         return jax.device_put(x, sharding)
     x = np.asarray(x)
@@ -136,8 +143,10 @@ def shard_params(params: dict, cfg: ModelConfig, mesh: Mesh) -> dict:
     return jax.tree.map(put, params, param_shardings(cfg, mesh))
 
 
-def sae_specs(saes, mesh: Mesh):
-    """PartitionSpecs for an SAE pytree (stacked [L, ...] or single): split over its width."""
+def sae_specs(saes: object, mesh: Mesh) -> object:
+    """PartitionSpecs for an SAE pytree (stacked [L, ...] or single): split over its width.
+    Returns a pytree of ``PartitionSpec`` with the structure of ``saes`` (W_enc [..., d_in, S] and
+    W_dec [..., S, d_in] split on their S axis)."""
     d_sae = saes.W_dec.shape[-2]
     w = _split(d_sae, mesh)
     lead = (None,) * (saes.W_dec.ndim - 2)
@@ -150,7 +159,7 @@ def sae_specs(saes, mesh: Mesh):
     )
 
 
-def shard_saes(saes, mesh: Mesh, dtype=None):
+def shard_saes(saes: _T, mesh: Mesh, dtype: DTypeLike | None = None) -> _T:
     """Place SAEs on the mesh, split over the SAE width (``model`` axis), optionally cast to
     ``dtype`` (e.g. bfloat16) on the host first."""
     if dtype is not None:
@@ -164,10 +173,12 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, P(DATA, *(None,) * (ndim - 1)))
 
 
-def shard_batch(mesh: Mesh, *arrays):
+def shard_batch(mesh: Mesh, *arrays: ArrayLike) -> jax.Array | tuple[jax.Array, ...]:
     """Split arrays along their leading (prompt) axis over the ``data`` axis. The prompt count
     must be a multiple of the data-axis size (pad with :func:`refusal_jax.core.batching.batches`).
-    Multi-host: every process passes the same global arrays."""
+    Each array is [B, ...] (e.g. ids [B, T] int, mask [B, T]); returns them in order as
+    ``jax.Array`` split on B (one array when one is passed). Multi-host: every process passes
+    the same global arrays."""
     n = mesh.shape[DATA]
     out = []
     for a in arrays:
@@ -181,7 +192,7 @@ def shard_batch(mesh: Mesh, *arrays):
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def to_host(tree):
+def to_host(tree: object) -> object:
     """Numpy copies of every array in ``tree``, also of arrays spread over several hosts
     (gathered from all processes; every process gets the whole array)."""
 
@@ -195,7 +206,7 @@ def to_host(tree):
     return jax.tree.map(one, tree)
 
 
-def cast_floats(tree, dtype):
+def cast_floats(tree: _T, dtype: DTypeLike) -> _T:
     """Cast the floating-point arrays of a pytree to ``dtype`` (integers and static fields
     untouched). For bfloat16 compute: the model keeps logits, softmax, the LA-IG metric and
     attribution sums in float32 whatever the parameter dtype."""
@@ -208,7 +219,7 @@ def cast_floats(tree, dtype):
 
 
 @contextlib.contextmanager
-def host_device():
+def host_device() -> Iterator[None]:
     """Create arrays in host memory (JAX's CPU device) inside this block, e.g. SAEs that are
     sharded over accelerators afterwards. A no-op when no CPU backend is available."""
     try:
@@ -231,7 +242,7 @@ def initialize_multihost(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
-    local_device_ids=None,
+    local_device_ids: Sequence[int] | None = None,
 ) -> None:
     """Join a multi-host job (wraps ``jax.distributed.initialize``; on Cloud TPU and under SLURM
     or Open MPI the arguments are found automatically). Call once per process, before any other

@@ -15,16 +15,20 @@ folder.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from refusal_jax.core.batching import batches
+from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.model import forward_fn, unembed
 from refusal_jax.core.patches import Identity, check_patch_rows, patch_rows
 from refusal_jax.method.features import FeatureSet
 from refusal_jax.method.interventions import feature_values
+from refusal_jax.sae import SAE
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -38,10 +42,18 @@ def _activations(params, cfg, saes, features, ids, mask, patch):
 
 
 def feature_activations(
-    params, cfg, saes, features: FeatureSet, ids, mask, patch=None, batch_size: int = 32
+    params: dict,
+    cfg: ModelConfig,
+    saes: SAE,
+    features: FeatureSet,
+    ids: ArrayLike,
+    mask: ArrayLike,
+    patch: object | None = None,
+    batch_size: int = 32,
 ) -> np.ndarray:
-    """Activations of every feature of a global or per-sample set at every token:
-    [N, T, L, K] (0 on padding and on the set's padding entries)."""
+    """Activations of every feature of a global or per-sample set at every token of
+    ids [N, T] int, mask [N, T] (stacked ``saes`` [L, ...]): [N, T, L, K] (0 on padding and on
+    the set's padding entries)."""
     ids, mask = np.asarray(ids), np.asarray(mask)
     if features.per_sample and features.idx.shape[0] != len(ids):
         raise ValueError(
@@ -61,14 +73,16 @@ def feature_activations(
 _unembed = jax.jit(unembed, static_argnums=1)
 
 
-def lens_logits(params, cfg, directions) -> np.ndarray:
+def lens_logits(params: dict, cfg: ModelConfig, directions: ArrayLike) -> np.ndarray:
     """Logits of directions [K, D] read as residual vectors: final norm, unembedding (and the
     final softcap where the model has one): [K, V] float32."""
     d = jnp.asarray(directions, params["embed"].dtype)
     return np.asarray(_unembed(params, cfg, d), np.float32)
 
 
-def logit_lens(params, cfg, directions, k: int = 10) -> dict[str, np.ndarray]:
+def logit_lens(
+    params: dict, cfg: ModelConfig, directions: ArrayLike, k: int = 10
+) -> dict[str, np.ndarray]:
     """Top-``k`` promoted and suppressed tokens of each direction [K, D] (e.g. decoder rows
     ``W_dec[layer, feature]``) through the final norm and unembedding.
 
@@ -86,7 +100,7 @@ def logit_lens(params, cfg, directions, k: int = 10) -> dict[str, np.ndarray]:
     }
 
 
-def top_contexts(acts, mask, k: int = 5) -> dict[str, np.ndarray]:
+def top_contexts(acts: ArrayLike, mask: ArrayLike, k: int = 5) -> dict[str, np.ndarray]:
     """The ``k`` prompts where a feature's max activation over real tokens is largest.
 
     acts [N, T] (one feature's per-token activations), mask [N, T] (1 = real token). Returns
@@ -107,20 +121,21 @@ def top_contexts(acts, mask, k: int = 5) -> dict[str, np.ndarray]:
     }
 
 
-def max_per_prompt(acts, mask) -> np.ndarray:
-    """A feature's max activation over each prompt's real tokens: [N, T] -> [N]."""
+def max_per_prompt(acts: ArrayLike, mask: ArrayLike) -> np.ndarray:
+    """A feature's max activation over each prompt's real tokens: acts [N, T], mask [N, T]
+    -> [N]."""
     a = np.where(np.asarray(mask, bool), np.asarray(acts, np.float32), -np.inf)
     return np.maximum(a.max(axis=1), 0.0)
 
 
-def density_bins(*value_sets, n_bins: int = 20) -> np.ndarray:
-    """Shared histogram edges [n_bins + 1] from 0 to the largest value of all sets (1 when all
-    are 0), so densities of several prompt sets can be compared bar by bar."""
+def density_bins(*value_sets: ArrayLike, n_bins: int = 20) -> np.ndarray:
+    """Shared histogram edges [n_bins + 1] from 0 to the largest value of all sets (each
+    [N_i]; 1 when all are 0), so densities of several prompt sets can be compared bar by bar."""
     hi = max((float(np.max(v)) for v in value_sets if np.size(v)), default=0.0)
     return np.linspace(0.0, hi if hi > 0 else 1.0, n_bins + 1).astype(np.float32)
 
 
-def density(values, edges) -> np.ndarray:
+def density(values: ArrayLike, edges: ArrayLike) -> np.ndarray:
     """Fraction of ``values`` [N] in each bin of ``edges`` [n_bins + 1] (the last bin closed):
     [n_bins] summing to 1 (all 0 for an empty set)."""
     v = np.asarray(values, np.float64).ravel()
@@ -128,11 +143,12 @@ def density(values, edges) -> np.ndarray:
     return (counts / max(len(v), 1)).astype(np.float32)
 
 
-def attribution_ranks(scores, pairs) -> dict[str, np.ndarray]:
+def attribution_ranks(scores: ArrayLike, pairs: Iterable[tuple[int, int]]) -> dict[str, np.ndarray]:
     """Attribution score of each (layer, feature) pair in ``scores`` [L, S] (e.g. LA-IG
-    attributions averaged over prompts), its rank within its layer and over all layers
-    (0 = highest; ties by position as in feature selection). Returns ``score``, ``rank_layer``,
-    ``rank_global`` [P] and ``layer_max`` [L] (each layer's largest score)."""
+    attributions averaged over prompts; ``pairs``: P (layer, feature) pairs), its rank within
+    its layer and over all layers (0 = highest; ties by position as in feature selection).
+    Returns ``score``, ``rank_layer``, ``rank_global`` [P] and ``layer_max`` [L] (each layer's
+    largest score)."""
     s = np.asarray(scores, np.float64)
     L, S = s.shape
     pairs = [(int(a), int(b)) for a, b in pairs]

@@ -62,7 +62,7 @@ def refusal_directions(
 def filter_by_refusal(
     params: dict,
     cfg: ModelConfig,
-    tokenizer,
+    tokenizer: object,
     prompts: list[str],
     refused: bool,
     batch_size: int = 32,

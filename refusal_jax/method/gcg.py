@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from refusal_jax.core.config import ModelConfig
@@ -51,7 +53,7 @@ class GCGConfig:
             raise ValueError(f"GCGConfig.n_steps must be >= 0, got {self.n_steps}")
 
 
-def allowed_tokens(tokenizer, vocab_size: int, ascii_only: bool = True) -> np.ndarray:
+def allowed_tokens(tokenizer: object, vocab_size: int, ascii_only: bool = True) -> np.ndarray:
     """[vocab_size] bool: tokens a suffix may use - not special or added tokens (chat markers,
     padding, unused slots), not beyond the tokenizer, decoding to printable text without line
     breaks (``ascii_only``: printable ASCII) and not to whitespace only."""
@@ -80,9 +82,11 @@ def _head_tail(tokenizer, instruction: str) -> tuple[list[int], list[int]]:
     return enc(head), enc(tail)
 
 
-def suffix_template(tokenizer, instructions, n_tokens: int, placeholder: int):
+def suffix_template(
+    tokenizer: object, instructions: Sequence[str], n_tokens: int, placeholder: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token ids of each chat prompt with ``n_tokens`` copies of ``placeholder`` right after
-    the request: (ids [N, T] left padded, mask, slot positions [N, n_tokens])."""
+    the request: (ids [N, T] int left padded, mask [N, T], slot positions [N, n_tokens] int)."""
     rows, slots = [], []
     for text in instructions:
         head, tail = _head_tail(tokenizer, text)
@@ -99,15 +103,16 @@ def suffix_template(tokenizer, instructions, n_tokens: int, placeholder: int):
     return ids, mask, pos
 
 
-def suffixed(instructions, suffix_text: str) -> list[str]:
+def suffixed(instructions: Iterable[str], suffix_text: str) -> list[str]:
     """The requests with the suffix appended as text (GCG's suffix text carries its own leading
     space, if any)."""
     return [f"{q}{suffix_text}" for q in instructions]
 
 
-def retokenizes(tokenizer, instruction: str, candidates) -> np.ndarray:
-    """[C] bool: the chat prompt of ``instruction + decode(candidate)`` encodes to exactly the
-    template's tokens with the candidate in the suffix slots."""
+def retokenizes(tokenizer: object, instruction: str, candidates: ArrayLike) -> np.ndarray:
+    """candidates [C, n_tokens] int -> [C] bool: the chat prompt of
+    ``instruction + decode(candidate)`` encodes to exactly the template's tokens with the
+    candidate in the suffix slots."""
     head, tail = _head_tail(tokenizer, instruction)
     cands = [list(map(int, c)) for c in np.asarray(candidates)]
     texts = chat_texts(tokenizer, [instruction + tokenizer.decode(c) for c in cands])
@@ -179,15 +184,16 @@ def _initial_token(tokenizer, instruction, allowed: np.ndarray, n_tokens: int, c
 
 
 def gcg_search(
-    params, cfg, tokenizer, instructions, *, refusal_token: int, target_token: int,
-    gc: GCGConfig, allowed=None, init_token: int | None = None, progress: bool = False,
+    params: dict, cfg: ModelConfig, tokenizer: object, instructions: Sequence[str], *,
+    refusal_token: int, target_token: int, gc: GCGConfig, allowed: ArrayLike | None = None,
+    init_token: int | None = None, progress: bool = False,
 ) -> dict:  # fmt: skip
     """Optimise one suffix for all ``instructions``.
 
-    Returns {"suffix_ids", "suffix" (its text: append it to a request), "losses" (per step, the
-    current suffix's mean loss), "n_dropped" (candidates dropped because their text encodes to
-    other tokens)}. ``allowed`` [V] bool: tokens the suffix may use (default
-    :func:`allowed_tokens`)."""
+    Returns {"suffix_ids" (list of n_tokens ints), "suffix" (its text: append it to a
+    request), "losses" (per step, the current suffix's mean loss), "n_dropped" (candidates
+    dropped because their text encodes to other tokens)}. ``allowed`` [V] bool: tokens the
+    suffix may use (default :func:`allowed_tokens`)."""
     if not instructions:
         raise ValueError("gcg_search needs at least one instruction")
     V = params["embed"].shape[0]

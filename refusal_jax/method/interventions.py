@@ -32,6 +32,7 @@ from refusal_jax.sae import SAE
 
 
 def unit(v: jax.Array, axis: int = -1) -> jax.Array:
+    """``v`` scaled to unit norm along ``axis``: e.g. v [..., D] -> [..., D]."""
     return v / jnp.linalg.norm(v, axis=axis, keepdims=True)
 
 
@@ -193,11 +194,12 @@ def hold_features(
     values: jax.Array,
     min_position: int | jax.Array = 0,
     prompt_only: bool = False,
-):
+) -> ClampFeatures | HoldOnPrompt:
     """Hold features at given per-layer, per-token values [L, B, T, K] (e.g. clean activations).
 
     ``prompt_only``: hold them at the T prompt positions only and leave generated tokens alone
-    (the reference code's "retain", which has clean values for the prompt only)."""
+    (the reference code's "retain", which has clean values for the prompt only). Returns the
+    patch to pass as ``patch=`` to the model (stacked ``saes`` [L, ...])."""
     hold = ClampFeatures(
         saes,
         features,

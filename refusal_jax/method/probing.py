@@ -25,15 +25,19 @@ Probes (:func:`probe_report`):
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from refusal_jax import sae as sae_lib
 from refusal_jax.core.batching import batches
+from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.model import forward_fn
 from refusal_jax.method.features import FeatureSet
+from refusal_jax.sae import SAE
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -41,17 +45,20 @@ def _last_resid(params, cfg, ids, mask):
     return forward_fn(params, cfg, ids, mask, return_residuals=True).resid_post[:, :, -1]
 
 
-def last_token_resid(params, cfg, ids, mask, batch_size: int = 32) -> np.ndarray:
-    """resid_post at the last prompt position for every layer: [N, L, D] (left padding)."""
+def last_token_resid(
+    params: dict, cfg: ModelConfig, ids: ArrayLike, mask: ArrayLike, batch_size: int = 32
+) -> np.ndarray:
+    """resid_post at the last prompt position for every layer: ids [N, T] int, mask [N, T]
+    (left padding) -> [N, L, D]."""
     out = []
     for b_ids, b_mask, n in batches(ids, mask, batch_size):
         out.append(np.asarray(_last_resid(params, cfg, b_ids, b_mask)).transpose(1, 0, 2)[:n])
     return np.concatenate(out)
 
 
-def feature_matrix(saes, features: FeatureSet, resid: np.ndarray) -> np.ndarray:
+def feature_matrix(saes: SAE, features: FeatureSet, resid: ArrayLike) -> np.ndarray:
     """SAE activations of a (global) feature set from last-token residuals [N, L, D]:
-    [N, n_features], columns in ``features.pairs()`` order."""
+    [N, K], columns in ``features.pairs()`` order (stacked ``saes`` [L, ...])."""
     if features.per_sample:
         raise ValueError("probes take a global feature set (one column per feature)")
     if resid.ndim != 3 or resid.shape[1] != features.n_layers:
@@ -68,8 +75,9 @@ def feature_matrix(saes, features: FeatureSet, resid: np.ndarray) -> np.ndarray:
     return np.concatenate(cols, axis=1)
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, seed: int = 0):
-    """A standardized logistic-regression probe."""
+def fit_probe(x: ArrayLike, y: ArrayLike, seed: int = 0) -> object:
+    """A standardized logistic-regression probe (a fitted sklearn ``Pipeline``) on x [N, F]
+    (F features), y [N] labels."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -82,9 +90,12 @@ def fit_probe(x: np.ndarray, y: np.ndarray, seed: int = 0):
     return probe.fit(x, y)
 
 
-def best_dense_layer(resid: np.ndarray, y: np.ndarray, val_fraction: float = 0.25, seed: int = 0):
+def best_dense_layer(
+    resid: ArrayLike, y: ArrayLike, val_fraction: float = 0.25, seed: int = 0
+) -> tuple[int, list[float]]:
     """The layer whose dense probe, trained on the rest, scores best on a held-out
-    ``val_fraction`` of the training prompts (ties: the first): (layer, accuracy per layer)."""
+    ``val_fraction`` of the training prompts (ties: the first): resid [N, L, D], y [N] ->
+    (layer, accuracy per layer [L])."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction {val_fraction} must be in (0, 1)")
     order = np.random.default_rng(seed).permutation(len(y))
@@ -108,11 +119,18 @@ def _evaluate(probe, view, groups: dict) -> dict:
 
 
 def probe_report(
-    saes, refusal: FeatureSet, random_sets, train_resid, train_y, groups: dict, seed: int = 0
+    saes: SAE,
+    refusal: FeatureSet,
+    random_sets: FeatureSet | Sequence[FeatureSet],
+    train_resid: ArrayLike,
+    train_y: ArrayLike,
+    groups: dict,
+    seed: int = 0,
 ) -> dict:
     """Accuracies of the probes on every test group ({name: (resid [N, L, D], labels [N])})
     and overall (all groups pooled), and the share of each group predicted 1.
-    ``random_sets``: one or more random feature sets (results averaged over them)."""
+    ``random_sets``: one or more random feature sets (results averaged over them). train_resid
+    [N, L, D], train_y [N]; stacked ``saes`` [L, ...]."""
     if not groups:
         raise ValueError("no test groups")
     for g, (resid, y) in groups.items():

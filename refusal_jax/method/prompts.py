@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from jax.typing import ArrayLike
 
 from refusal_jax.core.batching import batches
 from refusal_jax.core.config import ModelConfig
@@ -12,7 +13,7 @@ from refusal_jax.core.model import generate
 from refusal_jax.core.patches import check_patch_rows, patch_rows
 
 
-def chat_texts(tokenizer, instructions: Sequence[str]) -> list[str]:
+def chat_texts(tokenizer: object, instructions: Sequence[str]) -> list[str]:
     """Each instruction as one user turn in the tokenizer's chat template, with the generation
     prompt (the model's turn) appended."""
     if getattr(tokenizer, "chat_template", None) is None:
@@ -26,13 +27,13 @@ def chat_texts(tokenizer, instructions: Sequence[str]) -> list[str]:
 
 
 def encode_prompts(
-    tokenizer,
+    tokenizer: object,
     instructions: Sequence[str],
     *,
     multiple: int = 8,
     max_length: int | None = None,
     chat: bool = True,
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """Tokenize and left-pad: (ids [N, T] int32, mask [N, T] int32), T a multiple of ``multiple``.
 
     The chat template supplies BOS, so no extra special tokens are added. Raises ``ValueError``
@@ -69,10 +70,11 @@ def generate_tokens(
     batch_size: int = 32,
     max_new_tokens: int = 32,
     patch: object | None = None,
-    **kw,
+    **kw: object,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy generation over a prompt set ids, mask [N, T] in fixed-size batches (one
-    compilation): (tokens [N, max_new_tokens], lengths [N])."""
+    """Greedy generation over a prompt set ids [N, T] int, mask [N, T] in fixed-size batches
+    (one compilation): (tokens [N, max_new_tokens] int, lengths [N] int). ``kw`` goes to
+    :func:`refusal_jax.core.model.generate`."""
 
     check_patch_rows(patch, len(ids))
     toks, lens = [], []
@@ -86,15 +88,16 @@ def generate_tokens(
     return np.concatenate(toks), np.concatenate(lens)
 
 
-def decode_responses(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
-    """The text of each response: tokens [N, max_new_tokens], the first lengths[i] of row i."""
+def decode_responses(tokenizer: object, tokens: ArrayLike, lengths: ArrayLike) -> list[str]:
+    """The text of each response: tokens [N, max_new_tokens] int, the first lengths[i] of
+    row i (lengths [N] int)."""
     return [
         tokenizer.decode(np.asarray(t[:n]).tolist(), skip_special_tokens=True)
         for t, n in zip(tokens, lengths)
     ]
 
 
-def shared_padding(tokenizer, *prompt_sets) -> int:
+def shared_padding(tokenizer: object, *prompt_sets: Sequence[str]) -> int:
     """A padded length (a multiple of 8) that fits every prompt set: as
     ``PipelineConfig.pad_multiple`` it gives all of them one shape, so jitted steps compile once."""
     return max(encode_prompts(tokenizer, xs)[0].shape[1] for xs in prompt_sets if xs)

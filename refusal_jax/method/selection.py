@@ -6,10 +6,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from refusal_jax import sae as sae_lib
 from refusal_jax.core.batching import batches
+from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.model import forward
+from refusal_jax.core.positions import ContentPositions
 from refusal_jax.method.features import FeatureSet, feature_set, per_sample_feature_set
 from refusal_jax.sae import SAE
 
@@ -80,7 +83,10 @@ def select_features(
 
 
 def cs_features(saes: SAE, direction: jax.Array, n: int = 20) -> FeatureSet:
-    """Baseline ``cs``: top n over all layers by decoder cosine with the direction."""
+    """Baseline ``cs``: top n over all layers by decoder cosine with the direction.
+
+    Stacked ``saes`` [L, ...] (decoder rows W_dec [L, S, D]), direction [D] -> a global set of
+    n (layer, feature) pairs."""
     return top_features(np.asarray(decoder_cosines(saes, direction)), n)
 
 
@@ -122,9 +128,16 @@ def _max_acts(saes, resid_post, mask):
 
 
 def max_activation_means(
-    params, cfg, saes, ids, mask, batch_size: int = 16, positions=None
+    params: dict,
+    cfg: ModelConfig,
+    saes: SAE,
+    ids: ArrayLike,
+    mask: ArrayLike,
+    batch_size: int = 16,
+    positions: ContentPositions | None = None,
 ) -> jax.Array:
-    """Mean over prompts of each feature's max activation over positions: [L, S].
+    """Mean over prompts of each feature's max activation over positions: ids [N, T] int,
+    mask [N, T], stacked ``saes`` [L, ...] -> [L, S].
 
     positions: a :class:`refusal_jax.core.positions.ContentPositions` (the max is taken over
     its content positions only, so sinks such as BOS cannot win it); None: every real token."""

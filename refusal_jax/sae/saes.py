@@ -122,7 +122,9 @@ def zeros(cfg: SAEConfig, dtype: jnp.dtype = jnp.float32) -> SAE:
 
 
 def check_shapes(sae: SAE, n_lead: int = 0) -> None:
-    """Raise ValueError naming the array when shapes disagree with the config."""
+    """Raise ValueError naming the array when shapes disagree with the config: after
+    ``n_lead`` leading axes (e.g. 1 for a stack [L, ...]) W_enc [d_in, S], b_enc [S],
+    W_dec [S, d_in], b_dec [d_in], threshold [S]."""
     for name, shape in param_shapes(sae.cfg).items():
         got = tuple(getattr(sae, name).shape)
         if got[n_lead:] != shape or len(got) != n_lead + len(shape):
@@ -266,7 +268,8 @@ def stack_saes(saes: Sequence[SAE]) -> SAE:
 
 
 def sae_layer(sae: SAE, layer: int | jax.Array) -> SAE:
-    """One layer of a stacked SAE (``layer`` may be a traced int)."""
+    """One layer of a stacked SAE [L, ...] -> an SAE without the L axis (``layer`` may be a
+    traced int)."""
     return jax.tree.map(lambda a: a[layer], sae)
 
 
@@ -327,7 +330,9 @@ class ZeroAblate:
         return jnp.where(self.layer_mask[layer], jnp.zeros_like(x), x)
 
 
-def splice_patch(saes, n_layers: int, layers=None) -> SpliceSAE:
+def splice_patch(
+    saes: Mapping[int, SAE] | SAE, n_layers: int, layers: Sequence[int] | None = None
+) -> SpliceSAE:
     """A :class:`SpliceSAE` from a ``{layer: SAE}`` set or a stacked SAE [n_layers, ...].
 
     A single-layer set stays unstacked (no zero placeholders for the other layers).

@@ -38,8 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.typing import ArrayLike
 
 from refusal_jax import sae as sae_lib
+from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.errors import check_finite, check_finite_tree
 from refusal_jax.core.identity import (
     IDENTITY_FILE,
@@ -401,8 +403,10 @@ def _rect(u):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def jumprelu_ste(pre, threshold, bandwidth: float):
-    """pre * (pre > threshold) with the rectangle-kernel pseudo-derivative in threshold."""
+def jumprelu_ste(pre: ArrayLike, threshold: ArrayLike, bandwidth: float) -> jax.Array:
+    """pre * (pre > threshold) with the rectangle-kernel pseudo-derivative in threshold.
+
+    pre [..., S] pre-activations, threshold [S] (broadcast against ``pre``) -> [..., S]."""
     return pre * (pre > threshold)
 
 
@@ -421,8 +425,10 @@ jumprelu_ste.defvjp(_jumprelu_fwd, _jumprelu_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def step_ste(pre, threshold, bandwidth: float):
-    """Heaviside H(pre - threshold) with the rectangle-kernel pseudo-derivative in threshold."""
+def step_ste(pre: ArrayLike, threshold: ArrayLike, bandwidth: float) -> jax.Array:
+    """Heaviside H(pre - threshold) with the rectangle-kernel pseudo-derivative in threshold.
+
+    pre [..., S], threshold [S] -> [..., S] of 0/1 in ``pre``'s dtype."""
     return (pre > threshold).astype(pre.dtype)
 
 
@@ -487,8 +493,8 @@ def _unit_rows(w):
     return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-8)
 
 
-def init_layer(key, tcfg: TrainConfig, x0, scale) -> LayerState:
-    """One layer's initial state. x0 [B, d]: a first (unscaled) batch; b_dec starts at its mean.
+def init_layer(key: jax.Array, tcfg: TrainConfig, x0: ArrayLike, scale: float) -> LayerState:
+    """One layer's initial state. x0 [B, d_in]: a first (unscaled) batch; b_dec starts at its mean.
 
     Decoder rows random unit vectors; W_enc = W_dec^T; b_enc = 0; threshold = init_threshold.
     """
@@ -583,8 +589,11 @@ def _layer_step(state: LayerState, x, step, tcfg: TrainConfig):
 
 
 @functools.partial(jax.jit, static_argnames=("tcfg",), donate_argnums=(0,))
-def train_step(states: LayerState, x, step, tcfg: TrainConfig):
-    """One step for all layers: states stacked [L, ...], x [L, B, d] unscaled, step int32."""
+def train_step(
+    states: LayerState, x: ArrayLike, step: ArrayLike, tcfg: TrainConfig
+) -> tuple[LayerState, StepMetrics]:
+    """One step for all layers: states stacked [L, ...], x [L, B, d_in] unscaled, step int32.
+    Returns the new states and the step's metrics, both stacked [L, ...]."""
     return jax.vmap(_layer_step, in_axes=(0, 0, None, None))(states, x, step, tcfg)
 
 
@@ -593,9 +602,9 @@ SMALL_FRACTION = 0.1  # warn when at most this fraction of the tokens ...
 DOMINATION_SHARE = 0.5  # ... holds at least this share of the variance
 
 
-def variance_concentration(x, share: float = DOMINATION_SHARE) -> np.ndarray:
+def variance_concentration(x: ArrayLike, share: float = DOMINATION_SHARE) -> np.ndarray:
     """The smallest fraction of tokens that holds ``share`` of the variance (squared distance
-    to the mean), per layer: x [L, n, d] -> [L]. Somewhat below ``share`` for homogeneous data
+    to the mean), per layer: x [L, N, d_in] -> [L]. Somewhat below ``share`` for homogeneous data
     (about 0.3-0.45 for half the variance); near 0 when a few sink tokens (BOS, a template
     header) dominate."""
     x = np.asarray(x, np.float64)
@@ -633,10 +642,10 @@ def _group_stats(sae: SAE, x, w):
     }
 
 
-def group_metrics(sae: SAE, x, groups) -> dict:
+def group_metrics(sae: SAE, x: ArrayLike, groups: ArrayLike) -> dict:
     """Reconstruction metrics of one layer's SAE per token group.
 
-    x [n, d_in] activations (the SAE's input space); groups [n] int labels (1 content, 0
+    x [N, d_in] activations (the SAE's input space); groups [N] int labels (1 content, 0
     excluded position, 2 norm outlier; see the sources' ``eval_batch``). Returns
     {group: {fvu, l0, alive_fraction, dead_fraction, cosine, n_tokens, variance_share}} for the
     groups ``all``, ``content`` and ``excluded`` (= not content). fvu = sum ||x_hat - x||^2 /
@@ -672,9 +681,9 @@ def _warn(msg: str, warnings_out: list) -> None:
     print(f"\n*** WARNING: {msg}\n", file=sys.stderr, flush=True)
 
 
-def position_shares(x, positions, top: int = 5) -> list:
-    """The ``top`` position indices holding the most variance of x [n, d]: [(position, share)]
-    (positions [n] from the first real token; empty when unknown, i.e. all -1)."""
+def position_shares(x: ArrayLike, positions: ArrayLike, top: int = 5) -> list:
+    """The ``top`` position indices holding the most variance of x [N, d_in]: [(position, share)]
+    (positions [N] int from the first real token; empty when unknown, i.e. all -1)."""
     positions = np.asarray(positions)
     if positions.size == 0 or (positions < 0).all():
         return []
@@ -716,9 +725,11 @@ class TrainResult:
         return dict(zip(self.layers, self.saes))
 
 
-def init_states(source, tcfg: TrainConfig, batches=None) -> LayerState:
+def init_states(
+    source: ArraySource | ModelSource, tcfg: TrainConfig, batches: list[ArrayLike] | None = None
+) -> LayerState:
     """Stacked initial states [L, ...]; the input scale per layer from the first batches
-    (``batches``: those batches if already drawn)."""
+    (``batches``: those batches, each [L, B, d_in], if already drawn)."""
     if batches is None:
         batches = [np.asarray(source.batch(i), np.float32) for i in range(tcfg.norm_batches)]
     acts = np.concatenate(batches, axis=1)  # [L, n, d]
@@ -766,7 +777,8 @@ def warm_start(states: LayerState, saes: SAE) -> LayerState:
 
 
 def export_saes(states: LayerState) -> list[SAE]:
-    """Trained SAEs (one per stacked layer), scale folded into the weights (input_scale 1)."""
+    """Trained SAEs (one per stacked layer of ``states`` [L, ...]), scale folded into the
+    weights (input_scale 1)."""
     out = []
     for i in range(states.scale.shape[0]):
         sae = sae_lib.sae_layer(states.sae, i)
@@ -840,9 +852,9 @@ def _read_history(ckpt_dir: Path, upto: int) -> list:
 
 
 def train_sae(
-    source,
+    source: ArraySource | ModelSource,
     tcfg: TrainConfig,
-    ckpt_dir=None,
+    ckpt_dir: str | Path | None = None,
     checkpoint_every: int = 100,
     stop_after: int | None = None,
     log_every: int = 10,
@@ -1003,8 +1015,9 @@ def _add_counts(total: dict, c) -> None:
 
 # ----------------------------------------------------------------------------- evaluation
 @jax.jit
-def reconstruction_metrics(sae: SAE, x):
-    """FVU, mean L0 and fraction of latents that never fire on x [N, d_in] (inference encode)."""
+def reconstruction_metrics(sae: SAE, x: ArrayLike) -> dict[str, jax.Array]:
+    """FVU, mean L0 and fraction of latents that never fire on x [N, d_in] (inference encode);
+    scalars."""
     f = sae_lib.encode(sae, x)
     x_hat = sae_lib.decode(sae, f)
     var = jnp.sum((x - x.mean(0)) ** 2)
@@ -1035,9 +1048,16 @@ class OnPositions:
 
 
 def ce_loss_recovered(
-    params, model_cfg, sae: SAE, layer: int, ids, mask, positions: ContentPositions | None = None
+    params: dict,
+    model_cfg: ModelConfig,
+    sae: SAE,
+    layer: int,
+    ids: ArrayLike,
+    mask: ArrayLike,
+    positions: ContentPositions | None = None,
 ) -> dict:
     """CE loss with the SAE spliced into resid_post of ``layer`` (error term removed).
+    ids [B, T] int, mask [B, T].
 
     Returns ce_clean, ce_spliced, ce_zero (resid_post zeroed at that layer) and
     recovered = (ce_zero - ce_spliced) / (ce_zero - ce_clean). With ``positions`` (the content
