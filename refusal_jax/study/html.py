@@ -235,6 +235,8 @@ def render_report_html(folder) -> str:
     report = read_json(folder / "report.json") if (folder / "report.json").exists() else None
     results = read_json(folder / "results.json") if (folder / "results.json").exists() else None
     subject = read_json(folder / "subject.json") if (folder / "subject.json").exists() else None
+    ident = folder / "identity.json"  # what produced the run (refusal_jax.core.identity)
+    identity = read_json(ident) if ident.exists() else None
     if report is None and results is None:
         raise FileNotFoundError(f"{folder}: neither report.json nor results.json to render")
     arrays, meta = load_dashboards(folder)
@@ -264,6 +266,7 @@ def render_report_html(folder) -> str:
             folder=folder.name,
             report=report,
             subject=subject,
+            identity=identity,
             figures=figures,
             dashboards=dashboards,
             clamp_value=None if meta is None else meta.get("clamp_value"),

@@ -102,6 +102,9 @@ def test_report_html_and_report_cli(reports, tmp_path, capsys):
     assert len(html.encode()) < 5e6
     assert sorted(_dashboards(html)) == sorted(f"{a}:{b}" for a, b in rep["features"]["ours"])
     assert "http://" not in html and "https://" not in html  # nothing fetched at view time
+    ident = Identity.load(folders[0])  # the page shows what produced the run, by content
+    for rec in (ident.model, ident.saes, ident.data):
+        assert f"sha256 {rec['digest'][:16]}" in html
     # the CLI rebuilds the same page from the saved files
     run = tmp_path / folders[0].name
     shutil.copytree(folders[0], run)
