@@ -132,6 +132,15 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
             f"{mesh.shape[DATA]} x {mesh.shape['model']} devices "
             f"({jax.process_count()} process(es)) -> {Path(args.out)}"
         )
+        if res["throughput"]:
+            t = res["throughput"]
+            line = (
+                f"{t['prompts_per_s']:.2f} prompts/s (first shard {t['first_shard_seconds']:.1f} s"
+            )
+            line += ", compiles)" if t["shards"] > 1 else ")"
+            if "forward_equivalents_per_prompt" in t:
+                line += f", {t['forward_equivalents_per_prompt']:.1f} forward-equivalents/prompt"
+            print(line)
     return res
 
 

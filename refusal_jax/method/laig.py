@@ -31,15 +31,19 @@ before going below N = 3, and keep ``left`` when comparing with the paper's numb
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from jax.typing import ArrayLike
+from tqdm.auto import tqdm
 
 from refusal_jax import sae as sae_lib
+from refusal_jax.core.batching import batches
 from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.errors import check_direction
 from refusal_jax.core.model import check_inputs, forward_fn, n_embeddings
@@ -52,6 +56,8 @@ ERROR_MODES = ("paper", "ablated")
 
 
 ALPHA_RULES = ("left", "right", "midpoint", "trapezoid", "gauss")
+# Rules whose weights are all 1/N (la_ig sums their steps and divides by N, as the paper does).
+UNIFORM_RULES = ("left", "right", "midpoint")
 
 
 def alpha_schedule(n_steps: int = 10, rule: str = "left") -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +79,7 @@ def alpha_schedule(n_steps: int = 10, rule: str = "left") -> tuple[np.ndarray, n
     """
     if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
-    if rule in ("left", "right", "midpoint"):
+    if rule in UNIFORM_RULES:
         k = np.arange(n_steps, dtype=np.float32)  # float32 k / N: the historical values
         offset = {"left": 0.0, "right": 1.0, "midpoint": 0.5}[rule]
         return (k + np.float32(offset)) / n_steps, np.full(n_steps, 1.0 / n_steps, np.float32)
@@ -92,7 +98,7 @@ def alpha_schedule(n_steps: int = 10, rule: str = "left") -> tuple[np.ndarray, n
 
 
 def _is_uniform(rule: str) -> bool:
-    return rule in ("left", "right", "midpoint")
+    return rule in UNIFORM_RULES
 
 
 @struct.dataclass
@@ -340,6 +346,134 @@ def feature_attributions(
     return jax.lax.map(one_layer, (layers, runs.x_clean, runs.x_ablated, result.grad))
 
 
+@functools.partial(
+    jax.jit,
+    static_argnames=("cfg", "positions", "error_mode", "alpha_batch", "remat", "uniform"),
+)
+def attribute_batch(
+    params: dict,
+    cfg: ModelConfig,
+    saes: sae_lib.SAE,
+    ids: jax.Array,
+    mask: jax.Array,
+    direction: jax.Array,
+    refusal_token: jax.Array,
+    quadrature: tuple[jax.Array, jax.Array],
+    positions: ContentPositions,
+    error_mode: str = "paper",
+    alpha_batch: int | None = None,
+    remat: bool | str = False,
+    uniform: bool = True,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One batch of a prompt set through LA-IG as a single compiled program: ids / mask [B, T]
+    (checked by the caller), direction [D], ``quadrature`` = (alphas [N], weights [N]) of
+    :func:`alpha_schedule` -> (position-mean attributions [L, B, d_sae] over the content
+    positions of ``positions``, jailbreak token [B], metric [N]). The same numbers as
+    :func:`la_ig` + :func:`position_weights` + :func:`feature_attributions`, without their
+    per-call host checks and separate dispatches (what :func:`attribute_prompts` and sweeps
+    run per batch)."""
+    alphas, weights = quadrature
+    res = la_ig_fn(
+        params, cfg, ids, mask, direction, refusal_token, -1, alphas, weights,
+        error_mode, alpha_batch, remat, uniform,
+    )  # fmt: skip
+    attr = feature_attributions(res, saes, position_weights(mask, ids=ids, positions=positions))
+    return attr, res.runs.jailbreak_token, res.metric
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    """How fast a prompt set went through LA-IG: ``prompts`` in ``calls`` compiled calls of
+    ``batch_size`` rows; ``seconds`` wall time of the whole loop, ``first_call_seconds`` of
+    the first call (it includes compilation when the shape is new); ``prompts_per_s`` over the
+    calls after the first (steady state; over all calls when there is one)."""
+
+    prompts: int
+    calls: int
+    batch_size: int
+    seconds: float
+    first_call_seconds: float
+    prompts_per_s: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptAttributions:
+    """attributions [L, N, d_sae] float32 (position means), jailbreak_token [N] int32, metric
+    [calls, n_steps] (summed over each call's rows, padding rows included), throughput."""
+
+    attributions: np.ndarray
+    jailbreak_token: np.ndarray
+    metric: np.ndarray
+    throughput: Throughput
+
+
+def attribute_prompts(
+    params: dict, cfg: ModelConfig, saes: sae_lib.SAE, ids: ArrayLike, mask: ArrayLike,
+    direction: ArrayLike, *, refusal_token: int, positions: ContentPositions | None = None,
+    n_steps: int = 10, alpha_rule: str = "left", error_mode: str = "paper", batch_size: int = 8,
+    alpha_batch: int | None = None, remat: bool | str = False, progress: bool = False,
+) -> PromptAttributions:  # fmt: skip
+    """Position-mean LA-IG attributions of every prompt of ids / mask [N, T] (left padded):
+    [L, N, d_sae], in batches of ``batch_size`` rows (the last one padded by repeating its last
+    prompt), each batch one compiled :func:`attribute_batch` call.
+
+    The inputs are checked once for the whole set; batch k + 1 is dispatched before batch k's
+    results are pulled to the host, so the device never waits on Python between calls. The
+    numbers equal :func:`la_ig` + :func:`feature_attributions` per batch (tested).
+    ``positions``: the content-position rule (default: skip the first real token, BOS).
+    LA-IG settings as in :func:`la_ig`; on CPU ``alpha_batch=None`` (alpha steps scanned one at
+    a time, prompts batched) was fastest (experiments/benchmarks/RESULTS.md), on
+    accelerators with memory to spare ``alpha_batch=n_steps`` batches prompts and alpha steps
+    together."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if alpha_batch is not None and (not isinstance(alpha_batch, int) or alpha_batch < 1):
+        raise ValueError(f"alpha_batch must be a positive int or None, got {alpha_batch!r}")
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    if ids.ndim != 2 or ids.shape != mask.shape or len(ids) == 0:
+        raise ValueError(f"ids {ids.shape} and mask {mask.shape}: expected equal [N, T], N > 0")
+    check_inputs(cfg, ids, mask, "attribute_prompts", n_embeddings(params, cfg))
+    check_direction(direction, cfg.d_model, "attribute_prompts direction")
+    positions = ContentPositions(prefix_length=1) if positions is None else positions
+    quadrature = tuple(jnp.asarray(q) for q in alpha_schedule(n_steps, alpha_rule))
+    direction = jnp.asarray(direction)
+    rt = jnp.asarray(refusal_token, jnp.int32)
+
+    def call(b_ids, b_mask):
+        return attribute_batch(
+            params, cfg, saes, b_ids, b_mask, direction, rt, quadrature, positions,
+            error_mode, alpha_batch, remat, _is_uniform(alpha_rule),
+        )  # fmt: skip
+
+    steps = list(batches(ids, mask, batch_size))
+    attr, jb, metric = [], [], []
+    first = None
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(ids), desc="LA-IG", unit="prompt", disable=not progress, leave=False)
+    with bar:
+        pending = None  # the batch dispatched last: (device results, n_real)
+        for step in [*steps, None]:
+            launched = None if step is None else (call(step[0], step[1]), step[2])
+            if pending is not None:
+                (a, j, m), n = pending
+                attr.append(np.asarray(a)[:, :n])
+                jb.append(np.asarray(j)[:n])
+                metric.append(np.asarray(m))
+                first = time.perf_counter() - t0 if first is None else first
+                bar.update(n)
+            pending = launched
+    seconds = time.perf_counter() - t0
+    steady = len(ids) - steps[0][2]
+    rate = steady / (seconds - first) if len(steps) > 1 else len(ids) / seconds
+    throughput = Throughput(len(ids), len(steps), batch_size, seconds, first, rate)
+    return PromptAttributions(
+        np.concatenate(attr, axis=1), np.concatenate(jb), np.stack(metric), throughput
+    )
+
+
 @jax.jit
 def subset_attributions(result: LAIGResult, saes: sae_lib.SAE, features: FeatureSet) -> jax.Array:
     """Per-token attributions of a feature subset only: [L, B, T, K] (masked entries 0)."""
@@ -393,21 +527,16 @@ def la_ig_naive(
     saes: sae_lib.SAE,
     ids: ArrayLike,
     mask: ArrayLike,
-    direction: ArrayLike,
-    *,
-    refusal_token: int,
-    jailbreak_token: int | ArrayLike | None = None,
-    n_steps: int = 10,
-    alpha_rule: str = "left",
-    error_mode: str = "paper",
+    runs: PatchedRuns,
+    quadrature: tuple[ArrayLike, ArrayLike],
 ) -> jax.Array:
     """Reference LA-IG with the SAEs in the loop, one gradient per feature activation: ids /
-    mask [B, T], direction [D] -> per-token attributions [L, B, T, S]. Slow; the test oracle
-    of :func:`la_ig` + :func:`feature_attributions`."""
+    mask [B, T], the clean and patched ``runs`` of those prompts (:func:`patched_runs`, or
+    ``LAIGResult.runs``) and ``quadrature`` = (alphas [N], weights [N]) (:func:`alpha_schedule`,
+    or ``(result.alphas, result.weights)``) -> per-token attributions [L, B, T, S]. Slow; the
+    test oracle of :func:`la_ig` + :func:`feature_attributions`: it shares their inputs, not
+    their residual-gradient identity."""
     ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
-    runs = patched_runs(
-        params, cfg, ids, mask, direction, refusal_token, jailbreak_token, error_mode
-    )
     enc = jax.vmap(sae_lib.encode)
     dec = jax.vmap(sae_lib.decode)
     f_clean = enc(saes, runs.x_clean)
@@ -423,12 +552,9 @@ def la_ig_naive(
 
         return jax.grad(metric)(jnp.zeros_like(f_patch))
 
-    alphas, weights = alpha_schedule(n_steps, alpha_rule)
+    alphas, weights = (np.asarray(q, np.float32) for q in quadrature)
     grads = [grad_at(jnp.float32(a)) for a in alphas]
-    if _is_uniform(alpha_rule):
-        mean = sum(grads) / len(grads)
-    else:
-        mean = sum(float(w) * g for w, g in zip(weights, grads, strict=True))
+    mean = sum(float(w) * g for w, g in zip(weights, grads, strict=True))
     return (f_patch - f_clean) * mean
 
 
@@ -438,7 +564,12 @@ __all__ = [
     "Identity",
     "LAIGResult",
     "PatchedRuns",
+    "PromptAttributions",
+    "Throughput",
+    "UNIFORM_RULES",
     "alpha_schedule",
+    "attribute_batch",
+    "attribute_prompts",
     "feature_attributions",
     "la_ig",
     "la_ig_naive",

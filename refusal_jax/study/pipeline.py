@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from refusal_jax.core.batching import batches
 from refusal_jax.core.errors import check_direction, check_finite
 from refusal_jax.core.io import write_text_atomic
 from refusal_jax.core.positions import ContentPositions, position_rule
@@ -31,7 +30,7 @@ from refusal_jax.method.judges import (
     judge_responses,
     refusal_token,
 )
-from refusal_jax.method.laig import feature_attributions, la_ig, position_weights
+from refusal_jax.method.laig import attribute_prompts
 from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
 from refusal_jax.method.selection import (
     act_features,
@@ -100,27 +99,18 @@ def pipeline_positions(pc: PipelineConfig, tokenizer=None) -> ContentPositions:
 def accumulate_attributions(
     params, cfg, saes, ids, mask, direction, refusal_token, pc, progress=False, positions=None
 ) -> np.ndarray:
-    """Position-mean LA-IG attributions for every prompt: [L, N, d_sae] (batches of
-    ``pc.laig_batch_size``, ``pc.n_steps`` alpha steps, over the content positions of
-    ``positions``, default :func:`pipeline_positions` of an int ``pc.skip_positions``)."""
+    """Position-mean LA-IG attributions for every prompt: [L, N, d_sae]
+    (:func:`refusal_jax.method.laig.attribute_prompts` in batches of ``pc.laig_batch_size``,
+    ``pc.n_steps`` alpha steps, over the content positions of ``positions``, default
+    :func:`pipeline_positions` of an int ``pc.skip_positions``)."""
     if positions is None:
         positions = pipeline_positions(pc)
-    chunks = []
-    steps = list(batches(ids, mask, pc.laig_batch_size))
-    for b_ids, b_mask, n in tqdm(steps, desc="LA-IG", disable=not progress, leave=False):
-        res = la_ig(
-            params,
-            cfg,
-            b_ids,
-            b_mask,
-            direction,
-            refusal_token=refusal_token,
-            n_steps=pc.n_steps,
-            error_mode=pc.error_mode,
-        )
-        w = position_weights(b_mask, ids=b_ids, positions=positions)
-        chunks.append(np.asarray(feature_attributions(res, saes, w))[:, :n])
-    return np.concatenate(chunks, axis=1)
+    out = attribute_prompts(
+        params, cfg, saes, ids, mask, direction, refusal_token=refusal_token,
+        positions=positions, n_steps=pc.n_steps, error_mode=pc.error_mode,
+        batch_size=pc.laig_batch_size, progress=progress,
+    )  # fmt: skip
+    return out.attributions
 
 
 @dataclasses.dataclass

@@ -52,13 +52,13 @@ from refusal_jax.core.identity import (
     tree_digest,
 )
 from refusal_jax.core.io import load_arrays, read_json, write_json_atomic
-from refusal_jax.core.model import generate
+from refusal_jax.core.model import check_inputs, forward, generate, n_embeddings
 from refusal_jax.core.patches import check_patch_rows, patch_rows
 from refusal_jax.core.positions import ContentPositions
 from refusal_jax.core.sharding import DATA, is_primary, shard_batch, to_host
 from refusal_jax.method.direction import choose_best_layer, refusal_directions
 from refusal_jax.method.judges import refusal_token
-from refusal_jax.method.laig import feature_attributions, la_ig, position_weights
+from refusal_jax.method.laig import UNIFORM_RULES, alpha_schedule, attribute_batch
 from refusal_jax.method.prompts import encode_prompts
 from refusal_jax.study.runs import content_key
 from refusal_jax.study.subject import PromptSource
@@ -188,27 +188,17 @@ _SUMMED = ("attribution_sum", "n_prompts")  # sums over a shard's real prompts
 
 
 def _laig_shard(params, cfg, saes, ids, mask, n_real, direction, refusal_token, sc):
-
-    res = la_ig(
-        params,
-        cfg,
-        ids,
-        mask,
-        direction,
-        refusal_token=refusal_token,
-        n_steps=sc.n_steps,
-        alpha_rule=sc.alpha_rule,
-        error_mode=sc.error_mode,
-        alpha_batch=sc.alpha_batch,
-        remat=sc.remat,
-    )
     rule = sc.skip_positions
     if not isinstance(rule, ContentPositions):
         rule = ContentPositions(prefix_length=int(rule))
-    attr = feature_attributions(res, saes, position_weights(mask, ids=ids, positions=rule))
+    quadrature = tuple(jnp.asarray(q) for q in alpha_schedule(sc.n_steps, sc.alpha_rule))
+    attr, jb, metric = attribute_batch(
+        params, cfg, saes, ids, mask, jnp.asarray(direction), jnp.asarray(refusal_token, jnp.int32),
+        quadrature, rule, sc.error_mode, sc.alpha_batch, sc.remat, sc.alpha_rule in UNIFORM_RULES,
+    )  # fmt: skip
     out = {
-        "metric": res.metric,  # [n_steps], summed over the shard's rows (incl. padding rows)
-        "jailbreak_token": res.runs.jailbreak_token,
+        "metric": metric,  # [n_steps], summed over the shard's rows (incl. padding rows)
+        "jailbreak_token": jb,
     }
     if sc.per_prompt:
         out["attributions"] = jnp.swapaxes(attr, 0, 1)  # [B, L, d_sae]
@@ -232,12 +222,18 @@ def _merge_part(key, arrays):
     return np.stack(arrays)  # per-shard values (the metric per alpha)
 
 
-def _check_sweep_inputs(ids, mask, sc, saes, direction, refusal_token, patch, mesh) -> None:
-    """Named errors for inputs a sweep of ``sc.kind`` cannot run on."""
+def _check_sweep_inputs(
+    params, cfg, ids, mask, sc, saes, direction, refusal_token, patch, mesh
+) -> None:
+    """Named errors for inputs a sweep of ``sc.kind`` cannot run on (checked once, before any
+    shard runs)."""
     if ids.ndim != 2 or ids.shape != mask.shape or len(ids) == 0:
         raise ValueError(f"ids {ids.shape} and mask {mask.shape}: expected equal [N, T], N > 0")
+    check_inputs(cfg, ids, mask, "run_sweep", n_embeddings(params, cfg))
     if sc.kind == "laig" and (saes is None or direction is None or refusal_token is None):
         raise ValueError("a laig sweep needs saes, direction and refusal_token")
+    if sc.kind == "laig":
+        check_direction(direction, cfg.d_model, "run_sweep direction")
     if sc.kind == "laig" and patch is not None:
         raise ValueError("a laig sweep takes no patch (the ablation is LA-IG's own)")
     if mesh is not None and sc.shard_size % mesh.shape[DATA]:
@@ -359,7 +355,12 @@ def run_sweep(
     force: bool = False,
 ) -> dict:
     """Run (or resume) a sweep; returns ``{"done": bool, "computed": [shard indices computed
-    now], "n_shards": int, "results": merged arrays or None}``.
+    now], "n_shards": int, "results": merged arrays or None, "throughput": dict or None}``.
+
+    ``throughput`` (None when nothing was computed now): prompts, shards, seconds, the first
+    shard's seconds (it compiles), steady-state ``prompts_per_s`` and, for LA-IG,
+    ``forward_equivalents_per_prompt`` (a prompt's LA-IG time over its share of one compiled
+    forward pass on a shard; the paper's left N = 10 rule costs about 30).
 
     ids/mask [N, T] numpy (left padded). ``kind="laig"`` needs ``saes``, ``direction`` and
     ``refusal_token`` and stores position-mean attributions per prompt [N, L, d_sae] (or their
@@ -375,7 +376,7 @@ def run_sweep(
     recomputed.
     """
     ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
-    _check_sweep_inputs(ids, mask, sc, saes, direction, refusal_token, patch, mesh)
+    _check_sweep_inputs(params, cfg, ids, mask, sc, saes, direction, refusal_token, patch, mesh)
     if direction is not None:
         direction = np.asarray(direction, np.float32)
     primary = is_primary()
@@ -438,6 +439,7 @@ def run_sweep(
         desc=f"sweep {sc.kind}",
         disable=not (progress and primary),
     )
+    timing = []  # (prompts, seconds) of each shard computed now
     for i in todo:
         if max_new_shards is not None and len(computed) >= max_new_shards:
             break
@@ -455,7 +457,8 @@ def run_sweep(
         if primary:
             save_checked_arrays(shard_path(i), res, key)
         computed.append(i)
-        bar.set_postfix_str(f"{n / (time.perf_counter() - t0):.2f} prompts/s")
+        timing.append((n, time.perf_counter() - t0))
+        bar.set_postfix_str(f"{n / timing[-1][1]:.2f} prompts/s")
         bar.update(1)
     bar.close()
     done = len(todo) == len(computed)
@@ -465,7 +468,51 @@ def run_sweep(
             [shard_path(i) for i in range(n_shards)], out / manifest["merged"], key
         )
         write_json_atomic(manifest_path, manifest | {"complete": True})
-    return {"done": done, "computed": computed, "results": merged, "n_shards": n_shards}
+    throughput = None
+    if timing:
+        throughput = _throughput(timing, sc.shard_size)
+        if sc.kind == "laig" and shard_fn is None:
+            rows = (_pad_rows(a[: sc.shard_size], sc.shard_size) for a in (ids, mask))
+            b_ids, b_mask = _trim(*rows, sc.trim_padding)
+            if mesh is not None:
+                b_ids, b_mask = shard_batch(mesh, b_ids, b_mask)
+            per_prompt = _forward_seconds(params, cfg, b_ids, b_mask) / sc.shard_size
+            throughput["forward_equivalents_per_prompt"] = 1 / (
+                throughput["prompts_per_s"] * per_prompt
+            )
+    return {
+        "done": done,
+        "computed": computed,
+        "results": merged,
+        "n_shards": n_shards,
+        "throughput": throughput,
+    }
+
+
+def _throughput(timing: list, shard_size: int) -> dict:
+    """prompts/s of the shards computed now: over the shards after the first (steady state, the
+    first compiles) when there are several, else over the one."""
+    steady = timing[1:] or timing
+    return {
+        "prompts": sum(n for n, _ in timing),
+        "shards": len(timing),
+        "shard_size": shard_size,
+        "seconds": sum(t for _, t in timing),
+        "first_shard_seconds": timing[0][1],
+        "prompts_per_s": sum(n for n, _ in steady) / sum(t for _, t in steady),
+    }
+
+
+def _forward_seconds(params, cfg, ids, mask) -> float:
+    """Wall time of one compiled forward pass (last-position logits) on ids / mask: the unit of
+    "forward-equivalents" (the best of three calls after a first that compiles)."""
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        forward(params, cfg, ids, mask, last_logits_only=True).logits.block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
 
 
 def read_direction(path) -> np.ndarray:

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from refusal_jax import sae as sae_lib
+from refusal_jax.core.batching import batches
 from refusal_jax.core.model import forward
+from refusal_jax.core.positions import ContentPositions
 from refusal_jax.method.features import feature_set
 from refusal_jax.method.interventions import Interpolate
 from refusal_jax.method.laig import (
     _SAEInTheLoop,
     alpha_schedule,
+    attribute_prompts,
     feature_attributions,
     la_ig,
     la_ig_naive,
@@ -58,7 +61,7 @@ def test_la_ig_fast_matches_naive(tiny_params, tiny_saes, error_mode):
     fast = la_ig(tiny_params, CFG, ids, mask, r, refusal_token=7, n_steps=4, error_mode=error_mode)
     per_token = feature_attributions(fast, tiny_saes, jnp.ones(mask.shape), per_token=True)
     naive = la_ig_naive(
-        tiny_params, CFG, tiny_saes, ids, mask, r, refusal_token=7, n_steps=4, error_mode=error_mode
+        tiny_params, CFG, tiny_saes, ids, mask, fast.runs, (fast.alphas, fast.weights)
     )
     valid = np.asarray(mask, bool)
     ref = np.asarray(naive)[:, valid]
@@ -96,3 +99,51 @@ def test_la_ig_alpha_batching_and_fixed_token(tiny_params):
     np.testing.assert_allclose(alpha_schedule(4)[0], [0, 0.25, 0.5, 0.75])
     with pytest.raises(ValueError, match="error_mode"):
         la_ig(tiny_params, CFG, ids, mask, r, refusal_token=7, error_mode="bogus")
+
+
+@pytest.mark.parametrize(("rule", "alpha_batch"), [("left", None), ("gauss", 2)])
+def test_attribute_prompts_equals_per_batch_la_ig(tiny_params, tiny_saes, rule, alpha_batch):
+    """The prompt-set path (one compiled program per batch, the next batch dispatched before
+    the last is pulled) gives each batch's la_ig + feature_attributions, the last batch padded
+    and cut back; its throughput counts the calls."""
+    ids, mask = padded_batch(CFG.vocab_size, 3, pads=(0, 2, 4, 1, 0), t=9)
+    r = jax.random.normal(jax.random.PRNGKey(8), (CFG.d_model,)) * 3
+    rule_pos = ContentPositions(special_ids=(3, 4), prefix_length=1)
+    out = attribute_prompts(
+        tiny_params, CFG, tiny_saes, ids, mask, r, refusal_token=7, positions=rule_pos,
+        n_steps=3, alpha_rule=rule, batch_size=2, alpha_batch=alpha_batch,
+    )  # fmt: skip
+    ref, jbs = [], []
+    for b_ids, b_mask, n in batches(np.asarray(ids), np.asarray(mask), 2):
+        res = la_ig(
+            tiny_params, CFG, b_ids, b_mask, r, refusal_token=7, n_steps=3, alpha_rule=rule,
+            alpha_batch=alpha_batch,
+        )  # fmt: skip
+        w = position_weights(b_mask, ids=b_ids, positions=rule_pos)
+        ref.append(np.asarray(feature_attributions(res, tiny_saes, w))[:, :n])
+        jbs.append(np.asarray(res.runs.jailbreak_token)[:n])
+    ref = np.concatenate(ref, axis=1)
+    assert out.attributions.shape == (CFG.n_layers, 5, D_SAE)
+    assert np.abs(ref).max() > 1e-3, "attributions vanished: the test would prove little"
+    np.testing.assert_allclose(out.attributions, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_array_equal(out.jailbreak_token, np.concatenate(jbs))
+    assert out.metric.shape == (3, 3)
+    t = out.throughput
+    assert (t.prompts, t.calls, t.batch_size) == (5, 3, 2)
+    assert 0 < t.first_call_seconds <= t.seconds and t.prompts_per_s > 0
+
+
+def test_attribute_prompts_checks_its_inputs_once(tiny_params, tiny_saes):
+    ids, mask = _batch()
+    r = jnp.ones(CFG.d_model)
+    kw = dict(refusal_token=7, n_steps=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        attribute_prompts(tiny_params, CFG, tiny_saes, ids, mask, r, batch_size=0, **kw)
+    bad = np.asarray(ids).copy()
+    bad[1, -1] = CFG.vocab_size
+    with pytest.raises(ValueError, match="attribute_prompts: input_ids holds token id"):
+        attribute_prompts(tiny_params, CFG, tiny_saes, bad, mask, r, **kw)
+    with pytest.raises(ValueError, match="attribute_prompts direction"):
+        attribute_prompts(tiny_params, CFG, tiny_saes, ids, mask, r * jnp.nan, **kw)
+    with pytest.raises(ValueError, match=r"expected equal \[N, T\], N > 0"):
+        attribute_prompts(tiny_params, CFG, tiny_saes, ids[:0], mask[:0], r, **kw)

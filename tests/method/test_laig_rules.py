@@ -131,9 +131,7 @@ def test_weighted_path_matches_naive_and_uniform_path(model):
     params, saes, ids, mask, r = model
     fast = la_ig(params, CFG, ids, mask, r, refusal_token=7, n_steps=3, alpha_rule="gauss")
     per_token = feature_attributions(fast, saes, jnp.ones(mask.shape), per_token=True)
-    naive = la_ig_naive(
-        params, CFG, saes, ids, mask, r, refusal_token=7, n_steps=3, alpha_rule="gauss"
-    )
+    naive = la_ig_naive(params, CFG, saes, ids, mask, fast.runs, alpha_schedule(3, "gauss"))
     valid = np.asarray(mask, bool)
     ref = np.asarray(naive)[:, valid]
     assert np.abs(ref).max() > 1e-3

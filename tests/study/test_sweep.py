@@ -81,6 +81,12 @@ def test_interrupted_sweep_resumes_to_identical_results(setup, tmp_path):
         if p.name in mtimes:
             assert p.stat().st_mtime_ns == mtimes[p.name]
     assert set(full["results"]) == {"attributions", "jailbreak_token", "metric"}
+    # throughput of the shards computed now (on this tiny model dispatch dominates the times,
+    # so only their presence is checked; experiments/benchmarks/bench_sweep.py measures them)
+    t, t2 = full["throughput"], second["throughput"]
+    assert (t["prompts"], t["shards"], t["shard_size"], t2["prompts"]) == (11, 3, 4, 3)
+    assert t["prompts_per_s"] > 0 and 0 < t["first_shard_seconds"] <= t["seconds"]
+    assert np.isfinite(t["forward_equivalents_per_prompt"]) and t2["shards"] == 1
     for k, v in full["results"].items():
         np.testing.assert_array_equal(second["results"][k], v)
     # Each shard is one direct LA-IG call (the same jitted program, bit for bit); padding rows
