@@ -53,11 +53,15 @@ chromium:
 	  || echo "chromium not installed: the browser test of report.html will skip"
 
 # pytest exits 5 when it collects no tests: that fails the make target, as it should.
+# -n auto: one pytest-xdist worker per CPU core, whole test files per worker (module fixtures
+# computed once); PYTEST_XDIST="-n 0" runs everything in one process.
+PYTEST_XDIST ?= -n auto --dist loadfile
+
 test: lint smollm2 gemma3 chromium
-	$(TEST_VENV)/bin/python -m pytest --durations=15 $(PYTEST_ARGS)
+	$(TEST_VENV)/bin/python -m pytest $(PYTEST_XDIST) --durations=15 $(PYTEST_ARGS)
 
 test-fast: lint
-	$(TEST_VENV)/bin/python -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
+	$(TEST_VENV)/bin/python -m pytest $(PYTEST_XDIST) -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO_VENV) $(TEST_VENV) .pytest_cache

@@ -1,4 +1,20 @@
+import atexit
 import os
+import shutil
+import tempfile
+
+# One on-disk compilation cache for the test session, its xdist workers and the CLI subprocesses
+# they start (all inherit the variable): the suite compiles the same programs many times (every
+# CLI test is a new process, and _release_compiled_programs below empties the in-memory cache
+# after each module), and a cached program loads in a fraction of its compile time. The cache
+# is keyed by the program and the compiler's flags and version, so results are the same; it
+# starts empty and is removed when the session ends, so each run is measured from cold.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _JIT_CACHE = tempfile.mkdtemp(prefix="refusal_jax_test_jit_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JIT_CACHE
+    atexit.register(shutil.rmtree, _JIT_CACHE, True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # Determinism and modest thread use on the 2-core CI machines.
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
@@ -47,6 +63,7 @@ def _release_compiled_programs():
     compiled program into memory and the caches keep them all: 52 tests held 9,647 memory
     mappings, and the whole suite in one process went past the kernel's vm.max_map_count
     (65,530), where the compiler crashed with a segmentation fault. Arrays (the session
-    fixtures) are unaffected; a later module recompiles what it uses."""
+    fixtures) are unaffected; a later module recompiles what it uses (from the on-disk cache
+    above when the program is the same)."""
     yield
     jax.clear_caches()

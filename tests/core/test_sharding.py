@@ -16,7 +16,7 @@ import pytest
 @pytest.fixture(scope="module")
 def report():
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     env["JAX_PLATFORMS"] = "cpu"
     script = Path(__file__).parents[1] / "support" / "multidevice_check.py"
     out = subprocess.run(

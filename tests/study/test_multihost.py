@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 def _two_processes(out) -> list[str]:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     env["JAX_PLATFORMS"] = "cpu"
     port = _free_port()
     common = [sys.executable, "-m", "refusal_jax.cli.sweep", *ARGS, "--out", str(out)]

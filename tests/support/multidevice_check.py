@@ -1,4 +1,4 @@
-"""Sharded vs single-device results on 8 fake CPU devices (run by tests/test_multidevice.py in a
+"""Sharded vs single-device results on 8 fake CPU devices (run by tests/core/test_sharding.py in a
 subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8; prints one JSON line).
 
 For each layout (data x model) = 8x1 (data parallel), 2x4 (both), 1x8 (tensor parallel): the
