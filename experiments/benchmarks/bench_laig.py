@@ -300,6 +300,16 @@ def generation(params, cfg, saes, ids, mask, args) -> dict:
 
 
 # ----------------------------------------------------------------------------- torch side
+def timed_runs(fn, runs: int):
+    """Call ``fn`` ``runs`` times: (wall seconds of each call, the last call's result)."""
+    times, out = [], None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
 def run_torch(folder: Path, meta: dict, args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -325,11 +335,7 @@ def run_torch(folder: Path, meta: dict, args) -> dict:
         alphas=alphas,
     )
     run([0.0])  # warm-up: one alpha step
-    times, attr = [], None
-    for _ in range(args.torch_runs):
-        t0 = time.perf_counter()
-        attr, _ = run()
-        times.append(time.perf_counter() - t0)
+    times, (attr, _) = timed_runs(run, args.torch_runs)
     np.save(folder / "attr_torch.npy", position_mean(attr, mask))
     return {
         "laig_s": statistics.median(times),
@@ -480,11 +486,9 @@ def run_tl(folder: Path, meta: dict, args) -> dict:
         return torch.stack(attr).numpy()
 
     laig([0.0])  # warm-up: one alpha step
-    times = []
-    for _ in range(args.torch_runs):
-        t0 = time.perf_counter()
-        attr = laig([k / args.n_steps for k in range(args.n_steps)])
-        times.append(time.perf_counter() - t0)
+    times, attr = timed_runs(
+        lambda: laig([k / args.n_steps for k in range(args.n_steps)]), args.torch_runs
+    )
     np.save(folder / "attr_tl.npy", position_mean(attr, mask_np))
     return {
         "laig_s": statistics.median(times),

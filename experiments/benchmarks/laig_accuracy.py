@@ -80,19 +80,9 @@ def error_curves(params, cfg, saes, ids, mask, direction, refusal_token, skip=1,
                 plan.setdefault(float(a), []).append(((rule, n), float(wt)))
     sums: dict = {}
     one = jnp.ones((1,), jnp.float32)
+    inputs = (params, cfg, ids, mask, direction, refusal_token, jb)
     for alpha, uses in sorted(plan.items()):
-        g = la_ig_fn(
-            params,
-            cfg,
-            ids,
-            mask,
-            direction,
-            refusal_token,
-            jb,
-            jnp.asarray([alpha], jnp.float32),
-            one,
-            uniform=False,
-        ).grad
+        g = la_ig_fn(*inputs, jnp.asarray([alpha], jnp.float32), one, uniform=False).grad
         for key, wt in uses:
             sums[key] = sums[key] + wt * g if key in sums else wt * g
     rows = []

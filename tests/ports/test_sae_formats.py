@@ -13,22 +13,11 @@ from ports import sae as sae_io
 from ports.safetensors_io import save_file
 from refusal_jax import sae as sae_lib
 from refusal_jax.core.errors import UsageError
-from tests.support.saes import np_decode, np_encode, random_sae
+from tests.support.saes import gemmascope_arrays, np_decode, np_encode, random_sae
 
 D, S = 12, 40
 RNG = np.random.default_rng(0)
 X = RNG.normal(0, 1, (6, D)).astype(np.float32)
-
-
-def gemmascope_arrays(seed=0, d=D, s=S):
-    r = np.random.default_rng(seed)
-    return {
-        "W_enc": r.normal(0, 0.5, (d, s)).astype(np.float32),
-        "W_dec": r.normal(0, 0.5, (s, d)).astype(np.float32),
-        "b_enc": r.normal(0, 0.2, s).astype(np.float32),
-        "b_dec": r.normal(0, 0.3, d).astype(np.float32),
-        "threshold": r.uniform(0.0, 0.4, s).astype(np.float32),
-    }
 
 
 def gemma_ref(a, x):

@@ -87,16 +87,21 @@ def write_gemmascope2(folder, arrays, layer, l0, kind="sae", model_name="google/
     return folder
 
 
-def gemmascope2_arrays(seed=0, d=D_IN, s=D_SAE):
-    """Random Gemma Scope 2 arrays (release key names), float32."""
+def gemmascope_arrays(seed=0, d=D_IN, s=D_SAE):
+    """Random GemmaScope JumpReLU arrays (the release's params.npz key names), float32."""
     r = np.random.default_rng(seed)
     return {
-        "w_enc": r.normal(0, 0.5, (d, s)).astype(np.float32),
-        "w_dec": r.normal(0, 0.5, (s, d)).astype(np.float32),
+        "W_enc": r.normal(0, 0.5, (d, s)).astype(np.float32),
+        "W_dec": r.normal(0, 0.5, (s, d)).astype(np.float32),
         "b_enc": r.normal(0, 0.2, s).astype(np.float32),
         "b_dec": r.normal(0, 0.3, d).astype(np.float32),
         "threshold": r.uniform(0.0, 0.4, s).astype(np.float32),
     }
+
+
+def gemmascope2_arrays(seed=0, d=D_IN, s=D_SAE):
+    """The same random arrays under Gemma Scope 2's key names (w_enc, w_dec), float32."""
+    return {k.lower(): v for k, v in gemmascope_arrays(seed, d, s).items()}
 
 
 def gemmascope2_ref(a, x):
