@@ -28,4 +28,14 @@ def batches(
         yield jnp.asarray(b_ids), jnp.asarray(b_mask), n
 
 
-__all__ = ["batches"]
+def fit_batch_size(batch_size: int, n: int, multiple: int = 8) -> int:
+    """The batch size to use for prompt sets of at most ``n`` prompts: ``batch_size``, or ``n``
+    rounded up to a multiple of ``multiple`` when that is smaller (a set that fits in one batch
+    is not padded to ``batch_size`` rows). Rows are computed independently, so results agree up
+    to float rounding; the work on padding rows is saved (8x for 4 prompts and batch_size 32)."""
+    if batch_size < 1 or n < 1 or multiple < 1:
+        raise ValueError(f"batch_size {batch_size}, n {n} and multiple {multiple} must be >= 1")
+    return min(batch_size, -(-n // multiple) * multiple)
+
+
+__all__ = ["batches", "fit_batch_size"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from refusal_jax.core.batching import fit_batch_size
 from refusal_jax.core.errors import check_direction, check_finite
 from refusal_jax.core.io import write_text_atomic
 from refusal_jax.core.positions import ContentPositions, position_rule
@@ -293,6 +294,10 @@ def run_pipeline(
         bar.set_postfix_str(msg)
         bar.update(1)
 
+    # prompt sets smaller than a batch run in one batch of their own size (less padding)
+    sets_n = [len(xs) for xs in (data.harmful_train, data.harmless_train)]
+    sets_n += [len(xs) for xs in dashboard_prompts(data).values()]
+    pc = dataclasses.replace(pc, batch_size=fit_batch_size(pc.batch_size, max(sets_n)))
     prep = prepare_methods(
         params, cfg, tokenizer, saes, data.harmful_train, data.harmless_train, pc,
         progress=progress, stage=stage,

@@ -85,5 +85,6 @@ def test_smollm2_train_sae_content_and_demo(tmp_path, monkeypatch):
     assert cli_main(argv) == 0
     report = json.loads(next(runs.glob("*/report.json")).read_text())
     assert report["config"]["skip_positions"] == "content"
+    assert report["config"]["batch_size"] == 8  # 8 + 4 prompts: one batch of 8, not 32 rows
     assert set(report["methods"]) >= {"base", "AS", "ours", "act"}
     print(f"train-sae + demo: {time.perf_counter() - t0:.0f} s")
