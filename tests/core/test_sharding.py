@@ -26,6 +26,7 @@ def report():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["8x1", "2x4", "1x8"])
 def test_sharded_equals_single_device(report, layout):
     r = report[layout]
@@ -44,8 +45,9 @@ def test_sharded_equals_single_device(report, layout):
     assert r["sweep_max_rel_err"] <= 1e-4, r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gemma3", "qwen3"])
-@pytest.mark.parametrize("layout", ["8x1", "2x4", "1x8"])
+@pytest.mark.parametrize("layout", ["2x4", "1x8"])
 def test_qk_norm_families_sharded_equal_single_device(report, family, layout):
     r = report[f"{family}/{layout}"]
     model = int(layout.split("x")[1])

@@ -1,4 +1,5 @@
-"""experiments/calibrate.py on the organism (reduced): grid structure and choice rule."""
+"""experiments/calibrate.py on the organism (reduced): grid structure and choice rule, and a
+SIGKILLed second run that ``--resume`` brings to the same results."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import pytest
 
 from refusal_jax.organism import ARTIFACTS, MODEL_DIR
 from refusal_jax.study.subject import ORGANISM_METHOD
+from tests.support.kill import assert_killed_run_resumes
 from tests.support.paths import EXPERIMENTS
 
 SCRIPT = EXPERIMENTS / "calibrate.py"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (MODEL_DIR / "config.json").exists() or not (ARTIFACTS / "saes").exists(),
     reason="organism artifacts missing",
@@ -22,8 +25,9 @@ def test_calibrate_grid_on_the_organism(tmp_path):
     spec = importlib.util.spec_from_file_location("exp_calibrate", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    res = mod.main(["--out", str(tmp_path), "--n-train", "24", "--n-val", "24",
-                    "--clamp-values", "0,-0.5", "--candidates", "10,40", "--quiet"])  # fmt: skip
+    args = ["--n-train", "24", "--n-val", "24", "--clamp-values", "0,-0.5", "--candidates",
+            "10,40", "--quiet"]  # fmt: skip
+    res = mod.main(["--out", str(tmp_path), *args])
     folder = next(tmp_path.iterdir())
     assert json.loads((folder / "results.json").read_text())["best"] == res["best"]
     assert (folder / "calibration.png").stat().st_size > 0
@@ -37,3 +41,4 @@ def test_calibrate_grid_on_the_organism(tmp_path):
     # the organism's committed defaults (F0 40, c = -0.5) are what this grid picks
     best = (res["best"]["n_candidates"], res["best"]["clamp_value"])
     assert best == (ORGANISM_METHOD["n_candidates"], ORGANISM_METHOD["clamp_value"]) == (40, -0.5)
+    assert_killed_run_resumes("calibrate", args, res, folder, tmp_path / "killed")

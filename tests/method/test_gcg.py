@@ -24,6 +24,7 @@ from refusal_jax.method.gcg import (
 )
 from refusal_jax.method.prompts import encode_prompts
 from refusal_jax.organism import ARTIFACTS, MODEL_DIR
+from tests.support.kill import assert_killed_run_resumes
 from tests.support.paths import EXPERIMENTS
 
 pytestmark = pytest.mark.skipif(
@@ -99,8 +100,9 @@ def test_gcg_script_flips_held_out_refusals(tmp_path, organism):
     spec = importlib.util.spec_from_file_location("exp_gcg", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    res = mod.main(["--out", str(tmp_path), "--n-train", "8", "--n-test", "32", "--n-steps", "15",
-                    "--n-candidates", "64", "--max-new-tokens", "8", "--quiet"])  # fmt: skip
+    args = ["--n-train", "8", "--n-test", "32", "--n-steps", "15", "--n-candidates", "64",
+            "--max-new-tokens", "8", "--quiet"]  # fmt: skip
+    res = mod.main(["--out", str(tmp_path), *args])
     folder = next(tmp_path.iterdir())
     assert json.loads((folder / "results.json").read_text())["heldout"] == res["heldout"]
     assert (folder / "losses.png").stat().st_size > 0
@@ -110,3 +112,4 @@ def test_gcg_script_flips_held_out_refusals(tmp_path, organism):
     # issue 6: the suffix (typed as text) flips refusal on at least half of the held-out prompts
     assert res["heldout"]["flip_rate"] >= 0.5, res["heldout"]
     assert res["heldout"]["jailbreak_flip_rate"] <= res["heldout"]["flip_rate"]
+    assert_killed_run_resumes("gcg", args, res, folder, tmp_path / "killed")

@@ -12,6 +12,7 @@ import pytest
 from refusal_jax.method.features import feature_set
 from refusal_jax.method.probing import best_dense_layer, feature_matrix, fit_probe, probe_report
 from refusal_jax.organism import ARTIFACTS, MODEL_DIR
+from tests.support.kill import assert_killed_run_resumes
 from tests.support.paths import EXPERIMENTS
 
 SCRIPT = EXPERIMENTS / "probing.py"
@@ -100,6 +101,7 @@ def test_probing_script_on_the_organism(tmp_path):
     assert res["probes"]["refusal"]["groups"]["vanilla_harmful"] >= 0.9
     again = mod.main(argv[:2] + ["--resume", str(folder)] + argv[2:])
     assert again["probes"] == res["probes"]
+    assert_killed_run_resumes("probing", argv[2:], res, folder, tmp_path / "killed")
 
 
 @needs_organism

@@ -13,6 +13,7 @@ import pytest
 from refusal_jax.organism import ARTIFACTS, MODEL_DIR
 from refusal_jax.study.pipeline import METHODS
 from refusal_jax.study.subject import load_classifier
+from tests.support.kill import assert_killed_run_resumes
 from tests.support.paths import EXPERIMENTS
 
 pytestmark = [
@@ -89,6 +90,12 @@ def test_heldout_protocol(runs):
     _check_schema(folder, res, "heldout")
     for rows in res["jailbreak"].values():  # F* from training prompts jailbreaks, random does not
         assert rows["ours"]["jailbreak_rate"] > rows["random"]["jailbreak_rate"] + 0.3
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_results(runs, tmp_path):
+    folder, res = runs["heldout"]
+    args = ["--protocol", "heldout", *ARGS]
+    assert_killed_run_resumes("benchmark", args, res, folder, tmp_path / "killed")
 
 
 def test_resume_reuses_the_cache_and_adds_the_classifier(runs, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from refusal_jax.method.features import feature_set
 from refusal_jax.organism import ARTIFACTS, MODEL_DIR
 from refusal_jax.study.categories import CategoryFeatures, restrict, shared_features, split_common
 from refusal_jax.study.data import DatasetError, categorical_harmful_qa
+from tests.support.kill import assert_killed_run_resumes
 from tests.support.paths import EXPERIMENTS
 
 SCRIPT = EXPERIMENTS / "categories.py"
@@ -258,6 +259,7 @@ def test_categories_script_schema_and_resume(tmp_path, monkeypatch):
     assert "<caption>transfer matrix</caption>" in html and 'alt="transfer.png"' in html
     assert res["all_rates"] == {c: res["scores"][c]["all"]["jailbreak_rate"] for c in cats}
     assert res["min_all_rate"] == 0 and res["excluded_categories"] == []
+    assert_killed_run_resumes("categories", REDUCED, res, folder, tmp_path / "killed")
     # Resume: feature sets and every response come from the cache.
     import refusal_jax.study.categories as categories
 

@@ -19,6 +19,7 @@ from refusal_jax.study.data import (
     wildjailbreak_pairs,
     wildjailbreak_prompts,
 )
+from tests.support.kill import assert_killed_run_resumes
 from tests.support.paths import EXPERIMENTS, SHARED
 
 SCRIPT = EXPERIMENTS / "jailbreak_analysis.py"
@@ -234,3 +235,4 @@ def test_jailbreak_analysis_script_on_the_organism(tmp_path):
     # resuming reuses every cached result and reproduces the numbers
     again = mod.main(argv[:2] + ["--resume", str(folder)] + argv[2:])
     assert again["pairs"] == res["pairs"] and again["suffix"] == res["suffix"]
+    assert_killed_run_resumes("jailbreak_analysis", argv[2:], res, folder, tmp_path / "killed")

@@ -6,7 +6,7 @@ model is loaded sharded from an HF folder (ports.hf.load_hf(mesh=)), SAEs are sp
 width, prompts over the data axis; forward logits, greedy generation, LA-IG attributions, SAE
 encode and a sweep are compared with the same computations on one device. A Gemma 3 model (q/k
 norms, local and global RoPE) and a Qwen3 model (q/k norms, head_dim != d_model / n_heads, untied)
-are also loaded sharded and compared on logits and greedy tokens.
+are also loaded sharded (2x4, 1x8: their heads split) and compared on logits and greedy tokens.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def qk_norm_families(tmp: Path, ids, mask, one) -> dict:
             _, p1 = load_hf(tmp / cfg.family)
             ref_logits = np.asarray(forward(p1, cfg, jnp.asarray(ids), jnp.asarray(mask)).logits)
             ref_tokens = np.asarray(generate(p1, cfg, ids, mask, max_new_tokens=6).tokens)
-        for data, model in ((8, 1), (2, 4), (1, 8)):
+        for data, model in ((2, 4), (1, 8)):  # pure data parallel: the Gemma-2 model's 8x1
             mesh = make_mesh(data=data, model=model)
             _, p = load_hf(tmp / cfg.family, mesh=mesh)
             i, m = shard_batch(mesh, ids, mask)
