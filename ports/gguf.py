@@ -1,8 +1,10 @@
 """GGUF files (llama.cpp) -> refusal_jax parameters, for Llama, Qwen2, Qwen3 and Gemma 3, without
 torch.
 
-``load_gguf(path)`` reads the metadata into a :class:`ModelConfig`, dequantizes every tensor with
-the ``gguf`` package (F32/F16/BF16 and the Q* / K-quant block formats) and lays it out as
+``load_gguf(path)`` reads the metadata into a :class:`ModelConfig` (with
+:mod:`ports.gguf_reader`: 0.6 s for Gemma-3-270M's file, where ``gguf.GGUFReader`` takes 27 s
+over its 262k-token vocabulary), dequantizes every tensor with the ``gguf`` package (F32/F16/BF16
+and the Q* / K-quant block formats) and lays it out as
 :func:`ports.hf.load_hf` would; tensor names come from the layout table
 (:data:`refusal_jax.core.layout.TABLE`). What differs from a Hugging Face checkpoint:
 
@@ -34,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ports.convert import converter_args, save_converted
+from ports.gguf_reader import GGUFFile
 from ports.safetensors_io import CheckpointError
 from refusal_jax.core import layout
 from refusal_jax.core.config import (
@@ -54,26 +57,20 @@ _ROPE_FREQS = "rope_freqs.weight"
 _MISSING = object()
 
 
-def _reader(path):
-    from gguf import GGUFReader
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no GGUF file at {path}")
-    try:
-        return GGUFReader(path)
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: not a readable GGUF file: {e}") from e
+def _reader(path) -> GGUFFile:
+    """The file's metadata and tensor table (:class:`ports.gguf_reader.GGUFFile`); a malformed
+    or truncated file raises CheckpointError naming it."""
+    return GGUFFile(path)
 
 
-def _field(reader, key: str, default=_MISSING) -> Any:
+def _field(reader: GGUFFile, key: str, default=_MISSING) -> Any:
     """One metadata value (scalars as Python numbers, strings as str, arrays as lists)."""
-    field = reader.fields.get(key)
-    if field is None:
+    if key not in reader.fields:
         if default is _MISSING:
             raise CheckpointError(f"GGUF metadata has no {key!r}")
         return default
-    return field.contents()
+    value = reader.fields[key]
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def _float32(value) -> float:
@@ -160,7 +157,7 @@ def _rope_scaling(reader, arch: str, theta: float, head_dim: int, rope_freqs) ->
 
 
 def config_from_gguf(reader) -> ModelConfig:
-    """A :class:`ModelConfig` from a ``gguf.GGUFReader``'s metadata and tensor list."""
+    """A :class:`ModelConfig` from a GGUF file's metadata and tensor list."""
     arch = _field(reader, "general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedConfigError(
@@ -189,7 +186,7 @@ def config_from_gguf(reader) -> ModelConfig:
         t = tensors[_ROPE_FREQS]
         rope_freqs = dequantize(t.data, t.tensor_type)
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = key("vocab_size", len(tokens.data) if tokens is not None else None)
+    vocab = key("vocab_size", len(tokens) if tokens is not None else None)
     if vocab is None:
         vocab = int(tensors["token_embd.weight"].shape[-1])
     eos = []

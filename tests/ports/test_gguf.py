@@ -343,6 +343,82 @@ def test_missing_and_misshaped_tensors(tmp_path):
         load_gguf(path)
 
 
+def _same_as_gguf_reader(path) -> int:
+    """Our GGUFFile reads what the gguf package's GGUFReader reads: every metadata value
+    and every tensor (type, dims, raw data). Returns the number of tensors compared."""
+    from ports.gguf_reader import GGUFFile
+
+    ours, ref = GGUFFile(path), gguf.GGUFReader(path)
+    assert list(ours.fields) == [k for k in ref.fields if not k.startswith("GGUF.")]
+    for key, value in ours.fields.items():
+        mine = value.tolist() if isinstance(value, np.ndarray) else value
+        assert mine == ref.fields[key].contents(), key
+    assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
+    for a, b in zip(ours.tensors, ref.tensors):
+        assert a.tensor_type == b.tensor_type and list(a.shape) == list(b.shape), a.name
+        assert a.data.dtype == b.data.dtype and a.data.shape == b.data.shape, a.name
+        np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data), err_msg=a.name)
+    return len(ours.tensors)
+
+
+def test_gguf_reader_matches_the_gguf_package_and_names_bad_files(tmp_path):
+    """Every metadata value type (scalars, strings, numeric and string arrays), plain and
+    block-quantized tensors, a custom alignment; then bad magic, an unsupported version and
+    truncation, each named."""
+    from gguf.quants import quantize
+
+    from ports.gguf_reader import GGUFFile
+
+    path = tmp_path / "all.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_uint8("t.u8", 7)
+    w.add_int8("t.i8", -7)
+    w.add_uint16("t.u16", 700)
+    w.add_int16("t.i16", -700)
+    w.add_uint32("t.u32", 70000)
+    w.add_int32("t.i32", -70000)
+    w.add_float32("t.f32", 0.1)
+    w.add_float64("t.f64", 0.1)
+    w.add_uint64("t.u64", 2**40)
+    w.add_int64("t.i64", -(2**40))
+    w.add_bool("t.bool", True)
+    w.add_string("t.str", "héllo ▁world")
+    w.add_array("t.ints", [3, 1, 2])
+    w.add_array("t.strs", ["a", "", "ü" * 3])
+    w.add_custom_alignment(64)
+    rng = np.random.default_rng(0)
+    w.add_tensor("f32", rng.normal(size=(3, 5)).astype(np.float32))
+    w.add_tensor("f16", rng.normal(size=(2, 7)).astype(np.float16))
+    q = rng.normal(size=(2, 64)).astype(np.float32)
+    kind = gguf.GGMLQuantizationType.Q8_0
+    w.add_tensor("q8", quantize(q, kind), raw_dtype=kind)  # bytes [2, 68]
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert _same_as_gguf_reader(path) == 3
+    f = GGUFFile(path)
+    assert f.fields["t.str"] == "héllo ▁world" and f.fields["t.strs"] == ["a", "", "üüü"]
+    assert f.fields["t.i64"] == -(2**40) and f.fields["t.bool"] is True
+
+    raw = path.read_bytes()
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGML" + raw[4:])
+    with pytest.raises(CheckpointError, match="no 'GGUF' magic"):
+        GGUFFile(bad)
+    bad.write_bytes(raw[:4] + (1).to_bytes(4, "little") + raw[8:])
+    with pytest.raises(CheckpointError, match="GGUF version 1 is not supported"):
+        GGUFFile(bad)
+    bad.write_bytes(raw[:200])
+    with pytest.raises(CheckpointError, match="ends early.*truncated"):
+        GGUFFile(bad)
+    bad.write_bytes(raw[:-100])  # into the last tensor (past its padding)
+    with pytest.raises(CheckpointError, match="tensor 'q8' ends at byte.*truncated"):
+        load_gguf(bad)
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        load_gguf(tmp_path / "missing.gguf")
+
+
 # ----------------------------------------------------------------------------- real SmolLM2 file
 def _find_smollm2(tmp_path) -> Path | None:
     """The SmolLM2 GGUF from $REFUSAL_JAX_SMOLLM2_GGUF (a .gguf or the .whl) or the cache dir."""
