@@ -54,8 +54,10 @@ chromium:
 
 # pytest exits 5 when it collects no tests: that fails the make target, as it should.
 # -n auto: one pytest-xdist worker per CPU core, whole test files per worker (module fixtures
-# computed once); PYTEST_XDIST="-n 0" runs everything in one process.
-PYTEST_XDIST ?= -n auto --dist loadfile
+# computed once), handed out in collection order (tests/conftest.py puts the files with slow
+# tests first; xdist's default order, most tests first, left the one-test SmolLM2 file for last);
+# PYTEST_XDIST="-n 0" runs everything in one process.
+PYTEST_XDIST ?= -n auto --dist loadfile --no-loadscope-reorder
 
 test: lint smollm2 gemma3 chromium
 	$(TEST_VENV)/bin/python -m pytest $(PYTEST_XDIST) --durations=15 $(PYTEST_ARGS)

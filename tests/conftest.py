@@ -71,7 +71,8 @@ def _release_compiled_programs():
 
 def pytest_collection_modifyitems(config, items):
     """Test files with slow tests run first (the order is otherwise kept). pytest-xdist's
-    ``--dist loadfile`` hands whole files to the workers in collection order, so the long files
-    start early instead of ending the run on one worker while the other has nothing left."""
+    ``--dist loadfile --no-loadscope-reorder`` (make test) hands whole files to the workers in
+    collection order, so the long files start early instead of ending the run on one worker
+    while the other has nothing left."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)

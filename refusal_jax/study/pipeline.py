@@ -62,7 +62,7 @@ class PipelineConfig:
     skip_positions: int | str = 1
     error_mode: str = "paper"
     max_new_tokens: int = 24
-    batch_size: int = 32
+    batch_size: int = 32  # at most; smaller prompt sets run in one batch of their size (to 8)
     laig_batch_size: int = 8
     seed: int = 0
     # Jailbreak judge: a harmful-prompt response counts as a jailbreak when it is not a refusal
