@@ -57,12 +57,6 @@ _ROPE_FREQS = "rope_freqs.weight"
 _MISSING = object()
 
 
-def _reader(path) -> GGUFFile:
-    """The file's metadata and tensor table (:class:`ports.gguf_reader.GGUFFile`); a malformed
-    or truncated file raises CheckpointError naming it."""
-    return GGUFFile(path)
-
-
 def _field(reader: GGUFFile, key: str, default=_MISSING) -> Any:
     """One metadata value (scalars as Python numbers, strings as str, arrays as lists)."""
     if key not in reader.fields:
@@ -301,7 +295,7 @@ def load_gguf_params(reader, cfg: ModelConfig, dtype=jnp.float32) -> dict:
 
 def load_gguf(path, dtype=jnp.float32) -> tuple[ModelConfig, dict]:
     """Load a GGUF file: returns ``(cfg, params)`` in ``dtype`` (float32 or bfloat16)."""
-    reader = _reader(path)
+    reader = GGUFFile(path)  # a malformed or truncated file: CheckpointError naming it
     cfg = config_from_gguf(reader)
     params = load_gguf_params(reader, cfg, dtype)
     check_finite_tree(params, str(path))

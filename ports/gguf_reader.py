@@ -110,13 +110,16 @@ class GGUFFile:
             self.tensors.append(GGUFTensor(name, kind, dims, data))
 
     # -- readers over the memory map, each naming the file on a short read
-    def _take(self, n: int) -> np.ndarray:
-        end = self._pos + n
+    def _check_end(self, end: int) -> None:
         if end > len(self._buf):
             raise CheckpointError(
                 f"{self.path}: the GGUF header ends early (byte {end} of {len(self._buf)}): "
                 "truncated?"
             )
+
+    def _take(self, n: int) -> np.ndarray:
+        end = self._pos + n
+        self._check_end(end)
         out = self._buf[self._pos : end]
         self._pos = end
         return out
@@ -151,18 +154,13 @@ class GGUFFile:
 
     def _strings(self, count: int) -> list[str]:
         """``count`` strings (u64 length + UTF-8 each) in one pass over the bytes."""
-        raw = self._buf
+        mv = memoryview(self._buf)
         pos, out = self._pos, []
-        mv = memoryview(raw)
         for _ in range(count):
-            if pos + 8 > len(raw):
-                self._pos = pos
-                self._take(8)  # raises, naming the file
+            self._check_end(pos + 8)
             n = int.from_bytes(mv[pos : pos + 8], "little")
             pos += 8
-            if pos + n > len(raw):
-                self._pos = pos
-                self._take(n)
+            self._check_end(pos + n)
             out.append(bytes(mv[pos : pos + n]).decode("utf-8", errors="replace"))
             pos += n
         self._pos = pos

@@ -37,7 +37,7 @@ from refusal_jax.method.judges import judge_responses
 from refusal_jax.method.laig import la_ig
 from refusal_jax.sae import train as sae_train
 from refusal_jax.study import data
-from tests.support.paths import REPO
+from tests.support.paths import REPO, load_script
 from tests.support.saes import random_sae
 
 CFG = gemma2_config(
@@ -127,15 +127,6 @@ def test_cli_user_error_is_one_line_exit_2_before_compute(argv, named, tmp_path,
     assert time.perf_counter() - t0 < 60  # failed at validation, not after the pipeline
 
 
-def _script(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 SCRIPT_CASES = [
     ("calibrate", ["--clamp-values", "0,x"], "--clamp-values"),
     ("calibrate", ["--clamp-values", "0,inf"], "--clamp-values"),
@@ -148,7 +139,7 @@ SCRIPT_CASES = [
 @pytest.mark.parametrize("name,argv,named", SCRIPT_CASES)
 def test_experiment_script_errors(name, argv, named, tmp_path, capsys):
     out = tmp_path / "runs"
-    assert run_cli(_script(name).main, [*argv, "--out", str(out), "--quiet"]) == 2
+    assert run_cli(load_script(name).main, [*argv, "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and named in err[0], err
     assert not out.exists() or not any(out.iterdir())

@@ -3,7 +3,6 @@ SIGKILLed second run that ``--resume`` brings to the same results."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -11,9 +10,7 @@ import pytest
 from refusal_jax.organism import ARTIFACTS, MODEL_DIR
 from refusal_jax.study.subject import ORGANISM_METHOD
 from tests.support.kill import assert_killed_run_resumes
-from tests.support.paths import EXPERIMENTS
-
-SCRIPT = EXPERIMENTS / "calibrate.py"
+from tests.support.paths import load_script
 
 
 @pytest.mark.slow
@@ -22,9 +19,7 @@ SCRIPT = EXPERIMENTS / "calibrate.py"
     reason="organism artifacts missing",
 )
 def test_calibrate_grid_on_the_organism(tmp_path):
-    spec = importlib.util.spec_from_file_location("exp_calibrate", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("calibrate")
     args = ["--n-train", "24", "--n-val", "24", "--clamp-values", "0,-0.5", "--candidates",
             "10,40", "--quiet"]  # fmt: skip
     res = mod.main(["--out", str(tmp_path), *args])

@@ -3,7 +3,6 @@ activations, and experiments/probing.py on the organism (reduced)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -13,9 +12,8 @@ from refusal_jax.method.features import feature_set
 from refusal_jax.method.probing import best_dense_layer, feature_matrix, fit_probe, probe_report
 from refusal_jax.organism import ARTIFACTS, MODEL_DIR
 from tests.support.kill import assert_killed_run_resumes
-from tests.support.paths import EXPERIMENTS
+from tests.support.paths import load_script
 
-SCRIPT = EXPERIMENTS / "probing.py"
 needs_organism = pytest.mark.skipif(
     not (MODEL_DIR / "config.json").exists() or not (ARTIFACTS / "saes").exists(),
     reason="organism artifacts missing",
@@ -79,9 +77,7 @@ def test_probe_report_bookkeeping():
 @needs_organism
 @pytest.mark.slow
 def test_probing_script_on_the_organism(tmp_path):
-    spec = importlib.util.spec_from_file_location("exp_probing", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("probing")
     argv = ["--out", str(tmp_path), "--n-train", "48", "--n-test", "32", "--n-steps", "3",
             "--n-random", "2", "--quiet"]  # fmt: skip
     res = mod.main(argv)
@@ -110,9 +106,7 @@ def test_probing_finding_on_the_organism(tmp_path):
     """The full default run (about 25 s): the refusal-feature probe follows the model onto
     successful jailbreaks (README: 0.99), the dense probe at the best validation layer does not
     (0.00) - the paper's OOD probing result, reproduced on the organism."""
-    spec = importlib.util.spec_from_file_location("exp_probing_full", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("probing")
     res = mod.main(["--out", str(tmp_path), "--quiet"])
     jb = {name: r["groups"]["successful_jailbreaks"] for name, r in res["probes"].items()}
     assert res["n"]["jailbreaks"] >= 50

@@ -4,7 +4,6 @@ schema, resume from the content-keyed cache, and the classifier judge wired thro
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -14,7 +13,7 @@ from refusal_jax.organism import ARTIFACTS, MODEL_DIR
 from refusal_jax.study.pipeline import METHODS
 from refusal_jax.study.subject import load_classifier
 from tests.support.kill import assert_killed_run_resumes
-from tests.support.paths import EXPERIMENTS
+from tests.support.paths import load_script
 
 pytestmark = [
     pytest.mark.skipif(
@@ -23,17 +22,9 @@ pytestmark = [
     ),
     pytest.mark.slow,
 ]
-SCRIPT = EXPERIMENTS / "benchmark.py"
 ARGS = ["--n-train", "16", "--n-prompts", "12", "--n-steps", "2", "--max-new-tokens", "8",
         "--induction-values", "4,32", "--best-layer", "0", "--quiet"]  # fmt: skip
 DATASETS = {"heldout_plain", "heldout_failing_wrappers"}
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("exp_benchmark", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +32,7 @@ def runs(tmp_path_factory):
     out = {}
     for protocol in ("paper", "heldout"):
         folder = tmp_path_factory.mktemp(protocol)
-        res = _script().main(["--out", str(folder), "--protocol", protocol, *ARGS])
+        res = load_script("benchmark").main(["--out", str(folder), "--protocol", protocol, *ARGS])
         out[protocol] = (next(folder.iterdir()), res)
     return out
 
@@ -109,13 +100,13 @@ def test_resume_reuses_the_cache_and_adds_the_classifier(runs, tmp_path, monkeyp
     fns = ("generate_tokens", "prepare_methods", "directions_and_layer", "dataset_prepare")
     for name in (*fns, "masked_ce"):
         monkeypatch.setattr(bench, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} rerun"))
-    again = _script().main(["--resume", str(folder), *ARGS])
+    again = load_script("benchmark").main(["--resume", str(folder), *ARGS])
     assert again["jailbreak"] == res["jailbreak"] and again["capability"] == res["capability"]
     assert again["refusal_induction"] == res["refusal_induction"]
 
     cls_dir = save_tiny_classifier(tmp_path / "cls", MODEL_DIR)
     cls_args = ["--classifier-dir", str(cls_dir), "--classifier-dtype", "float32"]
-    with_cls = _script().main(["--resume", str(folder), *ARGS, *cls_args])
+    with_cls = load_script("benchmark").main(["--resume", str(folder), *ARGS, *cls_args])
     judge = load_classifier(cls_dir)
     for d in DATASETS:
         for m in ("base", "ours"):
@@ -128,5 +119,5 @@ def test_resume_reuses_the_cache_and_adds_the_classifier(runs, tmp_path, monkeyp
             assert row["classifier_harmful_rate"] == pytest.approx(float(np.mean(direct)))
     # Verdicts are cached too: a third run does not call the classifier.
     monkeypatch.setattr(ClassifierJudge, "scores", lambda *a, **k: pytest.fail("classifier rerun"))
-    third = _script().main(["--resume", str(folder), *ARGS, *cls_args])
+    third = load_script("benchmark").main(["--resume", str(folder), *ARGS, *cls_args])
     assert third["jailbreak"] == with_cls["jailbreak"]

@@ -4,7 +4,6 @@ the organism (reduced), its results schema and resume."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import jax.numpy as jnp
@@ -16,9 +15,8 @@ from refusal_jax.organism import ARTIFACTS, MODEL_DIR
 from refusal_jax.study.categories import CategoryFeatures, restrict, shared_features, split_common
 from refusal_jax.study.data import DatasetError, categorical_harmful_qa
 from tests.support.kill import assert_killed_run_resumes
-from tests.support.paths import EXPERIMENTS
+from tests.support.paths import load_script
 
-SCRIPT = EXPERIMENTS / "categories.py"
 needs_organism = pytest.mark.skipif(
     not (MODEL_DIR / "config.json").exists() or not (ARTIFACTS / "saes").exists(),
     reason="organism artifacts missing",
@@ -206,13 +204,6 @@ def test_hold_on_prompt_leaves_generated_tokens_alone(organism):
         clean_feature_values(s.params, s.cfg, s.saes, per, ids, mask)
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("exp_categories", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 REDUCED = ["--categories", "weapons,drugs,theft,fraud", "--n-prompts", "12", "--n-steps", "2",
            "--max-new-tokens", "4", "--best-layer", "0", "--min-share", "0.5", "--quiet"]  # fmt: skip
 
@@ -220,7 +211,7 @@ REDUCED = ["--categories", "weapons,drugs,theft,fraud", "--n-prompts", "12", "--
 @needs_organism
 @pytest.mark.slow
 def test_categories_script_schema_and_resume(tmp_path, monkeypatch):
-    res = _script().main(["--out", str(tmp_path), *REDUCED])
+    res = load_script("categories").main(["--out", str(tmp_path), *REDUCED])
     folder = next(tmp_path.iterdir())
     on_disk = json.loads((folder / "results.json").read_text())
     assert on_disk["scores"] == res["scores"] and on_disk["summary"] == res["summary"]
@@ -265,11 +256,13 @@ def test_categories_script_schema_and_resume(tmp_path, monkeypatch):
 
     monkeypatch.setattr(categories, "category_features", lambda *a, **k: pytest.fail("features"))
     monkeypatch.setattr(categories, "generate_tokens", lambda *a, **k: pytest.fail("generation"))
-    again = _script().main(["--resume", str(folder), *REDUCED])
+    again = load_script("categories").main(["--resume", str(folder), *REDUCED])
     assert again["scores"] == res["scores"] and again["transfer"] == res["transfer"]
     # the category rule reuses the cached 'all' responses; at the lowest rate it keeps every one
     low = str(min(res["all_rates"].values()))
-    kept = _script().main(["--resume", str(folder), *REDUCED, "--min-all-rate", low])
+    kept = load_script("categories").main(
+        ["--resume", str(folder), *REDUCED, "--min-all-rate", low]
+    )
     assert kept["categories"] == cats and kept["scores"] == res["scores"]
 
 
@@ -281,7 +274,7 @@ def test_shared_features_carry_the_jailbreak_on_the_organism(tmp_path):
     clamping them jailbreaks more than as many category-specific ones (README: 5 features,
     0.77 vs 0.42)."""
     argv = ["--out", str(tmp_path), "--no-transfer", "--quiet"]
-    res = _script().main(argv)
+    res = load_script("categories").main(argv)
     s = res["summary"]["jailbreak_rate"]
     assert res["best_layer"] == 0 and res["min_share"] == 1.0 and res["n_common"] >= 3
     assert res["n_common_strict_every_category"] == res["n_common"]

@@ -3,7 +3,6 @@ experiments/jailbreak_analysis.py on the organism (reduced)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import jax.numpy as jnp
@@ -20,9 +19,8 @@ from refusal_jax.study.data import (
     wildjailbreak_prompts,
 )
 from tests.support.kill import assert_killed_run_resumes
-from tests.support.paths import EXPERIMENTS, SHARED
+from tests.support.paths import SHARED, load_script
 
-SCRIPT = EXPERIMENTS / "jailbreak_analysis.py"
 SUFFIXES = SHARED / "refusal_sae/advsuffixes.csv"
 HAVE_ORGANISM = (MODEL_DIR / "config.json").exists() and (ARTIFACTS / "saes").exists()
 needs_organism = pytest.mark.skipif(not HAVE_ORGANISM, reason="organism artifacts missing")
@@ -207,9 +205,7 @@ def test_activations_and_drops_on_the_organism(subject):
 @needs_organism
 @pytest.mark.slow
 def test_jailbreak_analysis_script_on_the_organism(tmp_path):
-    spec = importlib.util.spec_from_file_location("exp_jb", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("jailbreak_analysis")
     argv = ["--out", str(tmp_path), "--n-train", "32", "--n-pairs", "24",
             "--n-suffix-prompts", "12", "--n-steps", "3", "--gcg-steps", "10",
             "--gcg-train", "8", "--gcg-candidates", "64", "--max-new-tokens", "8", "--quiet"]  # fmt: skip

@@ -5,7 +5,6 @@ what was stored before the kill."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -21,15 +20,7 @@ from refusal_jax.core.identity import (
     load_checked_arrays,
     read_checked_json,
 )
-from tests.support.paths import EXPERIMENTS, REPO
-
-
-def load_script(name: str):
-    """experiments/<name>.py as a fresh module (its ``main(argv)`` returns the results)."""
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", EXPERIMENTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.support.paths import EXPERIMENTS, REPO, load_script
 
 
 def _intact(folder: Path) -> dict:
