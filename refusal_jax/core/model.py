@@ -460,8 +460,19 @@ def _decode_step(params, cfg, token, pos, cache, key_valid, key_pos, slot_idx, p
     return unembed(params, cfg, h)[:, 0], (ck, cv)
 
 
+def generation_capacity(max_new_tokens: int, prompt_length: int, context: int) -> int:
+    """The number of new-token slots :func:`generate` compiles for: ``max_new_tokens`` rounded
+    up to a power of two (at least 8), within the model context. Runs whose ``max_new_tokens``
+    fall in one bucket (say 4 and 8, or 17 to 32) share one compiled program; the loop still
+    stops after ``max_new_tokens``, and the unused cache slots are masked out."""
+    cap = 8
+    while cap < max_new_tokens:
+        cap *= 2
+    return max(max_new_tokens, min(cap, context - prompt_length))
+
+
 @functools.partial(
-    jax.jit, static_argnames=("cfg", "max_new_tokens", "patch_prompt_only", "eos_token_ids")
+    jax.jit, static_argnames=("cfg", "capacity", "patch_prompt_only", "eos_token_ids")
 )
 def _generate(
     params,
@@ -470,27 +481,30 @@ def _generate(
     attention_mask,
     patch,
     max_new_tokens,
+    capacity,
     patch_prompt_only,
     eos_token_ids,
     pad_token_id,
 ):
+    """Greedy decoding into ``capacity`` (static) token slots, stopping after ``max_new_tokens``
+    (traced, <= capacity); the slots after it hold ``pad_token_id``."""
     B, T = input_ids.shape
     out = forward_fn(
         params, cfg, input_ids, attention_mask, patch, return_kv=True, last_logits_only=True
     )
     k, v = out.kv
-    pad = [(0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0)]
+    pad = [(0, 0), (0, 0), (0, capacity), (0, 0), (0, 0)]
     cache = (jnp.pad(k, pad), jnp.pad(v, pad))
     mask = attention_mask.astype(bool)
-    key_valid = jnp.concatenate([mask, jnp.zeros((B, max_new_tokens), bool)], axis=1)
+    key_valid = jnp.concatenate([mask, jnp.zeros((B, capacity), bool)], axis=1)
     prompt_pos = positions_from_mask(attention_mask)
-    key_pos = jnp.concatenate([prompt_pos, jnp.zeros((B, max_new_tokens), jnp.int32)], axis=1)
+    key_pos = jnp.concatenate([prompt_pos, jnp.zeros((B, capacity), jnp.int32)], axis=1)
     next_pos = prompt_pos[:, -1] + 1
     eos = jnp.asarray(eos_token_ids or (-1,), jnp.int32)
     step_patch = Identity() if patch_prompt_only else patch
 
     first = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
-    tokens = jnp.full((B, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(first)
+    tokens = jnp.full((B, capacity), pad_token_id, jnp.int32).at[:, 0].set(first)
     done = jnp.isin(first, eos)
     lengths = jnp.ones((B,), jnp.int32)
 
@@ -537,7 +551,8 @@ def generate(
     Each sequence stops at any of ``eos_token_ids`` (default: the config's) or after
     ``max_new_tokens``; the loop ends when all have stopped. ``patch`` edits the residual stream
     at every step (prompt and generated tokens), or only while the prompt is processed when
-    ``patch_prompt_only``.
+    ``patch_prompt_only``. The program is compiled per batch shape and per bucket of
+    ``max_new_tokens`` (:func:`generation_capacity`), not per value.
     """
     check_inputs(cfg, input_ids, attention_mask, "generate", n_embeddings(params, cfg))
     input_ids = jnp.asarray(input_ids, jnp.int32)
@@ -559,14 +574,18 @@ def generate(
     eos = tuple(cfg.eos_token_ids if eos_token_ids is None else eos_token_ids)
     pad = cfg.pad_token_id if pad_token_id is None else pad_token_id
     pad = 0 if pad is None else pad
-    return _generate(
+    out = _generate(
         params,
         cfg,
         input_ids,
         attention_mask,
         patch or Identity(),
-        max_new_tokens,
+        jnp.int32(max_new_tokens),
+        generation_capacity(max_new_tokens, input_ids.shape[1], cfg.max_position_embeddings),
         patch_prompt_only,
         eos,
         jnp.int32(pad),
     )
+    if out.tokens.shape[1] == max_new_tokens:
+        return out
+    return GenerateOutput(tokens=out.tokens[:, :max_new_tokens], lengths=out.lengths)

@@ -114,6 +114,26 @@ def test_generation_stops_per_sequence(tiny4_params):
         assert (toks[row, stop:] == 0).all() and int(out.lengths[row]) == stop
 
 
+def test_generation_lengths_in_one_bucket_share_a_program(tiny4_params):
+    """max_new_tokens 3, 5 and 8 compile one program (8 slots) and agree on their common
+    prefix; near the end of the context the slots shrink to what fits."""
+    from refusal_jax.core.model import _generate, generation_capacity
+
+    ids, mask = _batch(seed=7)
+    run = lambda n, cfg=CFG: np.asarray(
+        generate(tiny4_params, cfg, ids, mask, max_new_tokens=n, eos_token_ids=()).tokens
+    )
+    full = run(8)
+    before = _generate._cache_size()
+    for n in (3, 5):
+        np.testing.assert_array_equal(run(n), full[:, :n])
+    assert _generate._cache_size() == before
+    assert [generation_capacity(n, 10, 4096) for n in (1, 8, 9, 24, 33)] == [8, 8, 16, 32, 64]
+    assert generation_capacity(5, 10, 16) == 6 and generation_capacity(9, 10, 19) == 9
+    tight = CFG.replace(max_position_embeddings=ids.shape[1] + 5)  # 5 slots, not 8
+    np.testing.assert_array_equal(run(5, tight), full[:, :5])
+
+
 def test_prompt_longer_than_context_is_refused(tiny4_params):
     ids, mask = _batch()
     small = CFG.replace(max_position_embeddings=16)

@@ -204,8 +204,8 @@ def test_hold_on_prompt_leaves_generated_tokens_alone(organism):
         clean_feature_values(s.params, s.cfg, s.saes, per, ids, mask)
 
 
-REDUCED = ["--categories", "weapons,drugs,theft,fraud", "--n-prompts", "12", "--n-steps", "2",
-           "--max-new-tokens", "4", "--best-layer", "0", "--min-share", "0.5", "--quiet"]  # fmt: skip
+REDUCED = ["--categories", "weapons,drugs,theft,fraud", "--n-prompts", "12",
+           "--best-layer", "0", "--min-share", "0.5", "--quiet"]  # fmt: skip
 
 
 @needs_organism
