@@ -40,9 +40,8 @@ def test_sharded_equals_single_device(report, layout):
     assert (r["sae_w_dec_spec"][1] == "model") == (model > 1), r  # SAE width split
     assert r["logits_max_abs_err"] <= 1e-4, r
     assert r["tokens_equal"], r
-    assert r["attr_max_rel_err"] <= 1e-4, r
+    assert r["attr_max_rel_err"] <= 1e-4, r  # the sharded sweep vs la_ig on one device
     assert r["codes_max_abs_err"] <= 1e-5, r
-    assert r["sweep_max_rel_err"] <= 1e-4, r
 
 
 @pytest.mark.slow
