@@ -38,4 +38,16 @@ def fit_batch_size(batch_size: int, n: int, multiple: int = 8) -> int:
     return min(batch_size, -(-n // multiple) * multiple)
 
 
-__all__ = ["batches", "fit_batch_size"]
+def bucket(n: int, minimum: int = 8) -> int:
+    """The power of two (at least ``minimum``) that ``n`` is rounded up to when a size is
+    padded so that nearby sizes share one compiled program (generation lengths, feature-set
+    widths)."""
+    if n < 0 or minimum < 1:
+        raise ValueError(f"bucket: n {n} must be >= 0 and minimum {minimum} >= 1")
+    size = minimum
+    while size < n:
+        size *= 2
+    return size
+
+
+__all__ = ["batches", "bucket", "fit_batch_size"]

@@ -28,6 +28,7 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from refusal_jax.core import layout
+from refusal_jax.core.batching import bucket
 from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.errors import UserError
 from refusal_jax.core.patches import Identity, PatchContext
@@ -465,10 +466,7 @@ def generation_capacity(max_new_tokens: int, prompt_length: int, context: int) -
     up to a power of two (at least 8), within the model context. Runs whose ``max_new_tokens``
     fall in one bucket (say 4 and 8, or 17 to 32) share one compiled program; the loop still
     stops after ``max_new_tokens``, and the unused cache slots are masked out."""
-    cap = 8
-    while cap < max_new_tokens:
-        cap *= 2
-    return max(max_new_tokens, min(cap, context - prompt_length))
+    return max(max_new_tokens, min(bucket(max_new_tokens), context - prompt_length))
 
 
 @functools.partial(

@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from refusal_jax.core.batching import batches
+from refusal_jax.core.batching import batches, bucket
 from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.model import forward_fn, unembed
 from refusal_jax.core.patches import Identity, check_patch_rows, patch_rows
-from refusal_jax.method.features import FeatureSet
+from refusal_jax.method.features import FeatureSet, pad_width
 from refusal_jax.method.interventions import feature_values
 from refusal_jax.sae import SAE
 
@@ -53,7 +53,8 @@ def feature_activations(
 ) -> np.ndarray:
     """Activations of every feature of a global or per-sample set at every token of
     ids [N, T] int, mask [N, T] (stacked ``saes`` [L, ...]): [N, T, L, K] (0 on padding and on
-    the set's padding entries)."""
+    the set's padding entries). The set is padded to a width bucket while computing
+    (:func:`~refusal_jax.core.batching.bucket`), so sets of nearby widths share one program."""
     ids, mask = np.asarray(ids), np.asarray(mask)
     if features.per_sample and features.idx.shape[0] != len(ids):
         raise ValueError(
@@ -61,12 +62,15 @@ def feature_activations(
         )
     patch = patch or Identity()
     check_patch_rows(patch, len(ids))
+    width = features.idx.shape[-1]
+    features = pad_width(features, bucket(width))
     out = []
     for i, (b_ids, b_mask, n) in enumerate(batches(ids, mask, batch_size)):
         start = i * batch_size
         fs = features.rows(start, batch_size)
         p = patch_rows(patch, start, batch_size)
-        out.append(np.asarray(_activations(params, cfg, saes, fs, b_ids, b_mask, p))[:n])
+        acts = _activations(params, cfg, saes, fs, b_ids, b_mask, p)
+        out.append(np.asarray(acts)[:n, ..., :width])
     return np.concatenate(out)
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from refusal_jax.core.batching import batches, fit_batch_size
+from refusal_jax.core.batching import batches, bucket, fit_batch_size
 from refusal_jax.method.capability import masked_ce
 from refusal_jax.method.prompts import generate_tokens
 from tests.support.tiny import TINY
@@ -18,6 +18,13 @@ def test_batches_pad_the_last_batch_with_the_last_prompt():
     np.testing.assert_array_equal(np.asarray(out[1][0]), np.repeat(ids[4:], 4, 0))
     with pytest.raises(ValueError, match="empty prompt set"):
         next(batches(ids[:0], mask[:0], 4))
+
+
+def test_bucket():
+    assert [bucket(n) for n in (0, 1, 8, 9, 10, 16, 17, 100)] == [8, 8, 8, 16, 16, 16, 32, 128]
+    assert bucket(3, minimum=1) == 4 and bucket(1, minimum=1) == 1
+    with pytest.raises(ValueError, match="must be >= 0"):
+        bucket(-1)
 
 
 def test_fit_batch_size():

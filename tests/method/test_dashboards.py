@@ -111,3 +111,10 @@ def test_feature_activations_match_encode():
         k = list(np.asarray(fs.idx[layer])).index(f)
         full = sae_lib.encode(sae_lib.sae_layer(saes, layer), resid.resid_post[layer])
         np.testing.assert_allclose(acts[:, :, layer, k], full[..., f] * mask, atol=1e-5)
+    # wider sets in one width bucket (9 and 10 features per layer -> 16) share one program
+    before = db._activations._cache_size()
+    wide = [db.feature_activations(params, cfg, saes, feature_set([(1, i) for i in range(w)], 2),
+                                   ids, mask, batch_size=1) for w in (9, 10)]  # fmt: skip
+    assert db._activations._cache_size() == before + 1
+    assert [a.shape[-1] for a in wide] == [9, 10]
+    np.testing.assert_array_equal(wide[0], wide[1][..., :9])
