@@ -127,13 +127,15 @@ def main() -> None:
 
     with jax.default_device(one):
         cfg1, p1 = load_hf(tmp / "hf")
-        ref = compute(p1, saes, jnp.asarray(ids), jnp.asarray(mask))
+        i1, m1 = jnp.asarray(ids), jnp.asarray(mask)
+        ref = compute(p1, saes, i1, m1)
         # LA-IG on one device through the public la_ig; sharded, through the sweep (which runs
         # the same jitted LA-IG on each shard of prompts)
-        i1, m1 = jnp.asarray(ids), jnp.asarray(mask)
         res = la_ig(p1, CFG, i1, m1, jnp.asarray(direction), refusal_token=5, n_steps=4)
         ref["attr"] = np.asarray(feature_attributions(res, saes, position_weights(m1, skip=1)))
 
+    sc = SweepConfig(kind="laig", shard_size=8, n_steps=4)
+    scale = np.abs(ref["attr"]).max()
     report = {}
     for data, model in ((8, 1), (2, 4), (1, 8)):
         mesh = make_mesh(data=data, model=model)
@@ -155,12 +157,10 @@ def main() -> None:
         s = shard_saes(saes, mesh)
         i, m = shard_batch(mesh, ids, mask)
         got = compute(p, s, i, m)
-        sc = SweepConfig(kind="laig", shard_size=8, n_steps=4)
         sw = run_sweep(
             p, CFG, ids, mask, tmp / f"sweep{data}x{model}", sc, saes=s, direction=direction,
             refusal_token=5, mesh=mesh, progress=False,
         )["results"]["attributions"]  # fmt: skip
-        scale = np.abs(ref["attr"]).max()
         report[f"{data}x{model}"] = {
             "q_spec": [str(x) for x in q_spec],
             "q_shards": len(p["layers"]["q"].addressable_shards),
