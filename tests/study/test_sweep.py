@@ -89,15 +89,18 @@ def test_interrupted_sweep_resumes_to_identical_results(setup, tmp_path):
     assert np.isfinite(t["forward_equivalents_per_prompt"]) and t2["shards"] == 1
     for k, v in full["results"].items():
         np.testing.assert_array_equal(second["results"][k], v)
-    # Each shard is one direct LA-IG call (the same jitted program, bit for bit); padding rows
-    # of the last shard are dropped.
+    # Each shard is one direct LA-IG call on its rows (padding rows of the last shard dropped).
+    # The sweep runs la_ig and the feature projection as one compiled program (attribute_batch),
+    # the direct call as two: equal up to float32 rounding, not bit for bit (the compiler may
+    # fuse the two differently; measured 2e-9 absolute on values of 1e-3).
     attr = full["results"]["attributions"]
     assert attr.shape == (11, CFG.n_layers, D_SAE) and attr.dtype == np.float32
     a0, r0 = _direct(setup, range(0, 4), n_steps=3)
     a2, _ = _direct(setup, range(8, 11), n_steps=3)
-    np.testing.assert_array_equal(attr[:4], a0)
-    np.testing.assert_array_equal(attr[8:], a2[:3])
-    np.testing.assert_array_equal(full["results"]["metric"][0], np.asarray(r0.metric))
+    scale = np.abs(a0).max()
+    np.testing.assert_allclose(attr[:4], a0, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(attr[8:], a2[:3], rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(full["results"]["metric"][0], np.asarray(r0.metric), rtol=1e-5)
 
 
 def test_memory_settings_resume_and_sum_only(setup, tmp_path):
