@@ -129,8 +129,9 @@ def main() -> None:
         cfg1, p1 = load_hf(tmp / "hf")
         i1, m1 = jnp.asarray(ids), jnp.asarray(mask)
         ref = compute(p1, saes, i1, m1)
-        # LA-IG on one device through the public la_ig; sharded, through the sweep (which runs
-        # the same jitted LA-IG on each shard of prompts)
+        # LA-IG on one device through the public la_ig + feature_attributions; sharded, through
+        # the sweep (attribute_batch: the same computation fused into one program per shard,
+        # equal up to float32 rounding, hence the relative tolerance below)
         res = la_ig(p1, CFG, i1, m1, jnp.asarray(direction), refusal_token=5, n_steps=4)
         ref["attr"] = np.asarray(feature_attributions(res, saes, position_weights(m1, skip=1)))
 
