@@ -23,10 +23,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # most by float32 rounding where two differently fused programs are compared (the parity tests
 # hold unchanged; the sweep test that compared a fused shard program with two separate calls
 # bit for bit now allows rounding). Measured on tests/method/test_laig.py alone, cold cache:
-# 98 -> 26 CPU-seconds; the real-weight tests (SmolLM2, Gemma 3) take the same time. The cost:
-# programs that run long execute slower (the full categories protocol: 46 s -> ~140 s in the
-# suite; re-enabling LLVM's passes for that one test did not pay, as it then compiled again).
-# Set XLA_FLAGS and JAX_DISABLE_MOST_OPTIMIZATIONS=0 to test with the library's default compiler.
+# 98 -> 26 CPU-seconds. The cost: programs that run long execute slower. Tests marked
+# ``optimized`` (below) switch LLVM's passes back on. Measured alone on 2026-12-03 (2-core
+# Xeon): the SmolLM2 SAE-training + demo check, whose 135M-parameter programs no other test
+# shares, 151 -> 104 CPU-s; the full categories protocol 86 -> 62 CPU-s, although it then
+# compiles again the programs it shares with the reduced run (on a slower machine earlier that
+# day the suite measured 145 s for it with the marker against 139 s without). Set XLA_FLAGS
+# and JAX_DISABLE_MOST_OPTIMIZATIONS=0 to test with the library's default compiler.
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true --xla_cpu_use_fusion_emitters=false"
 )
@@ -80,6 +83,27 @@ def _release_compiled_programs():
     above when the program is the same)."""
     yield
     jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _optimizing_compiler(request, monkeypatch):
+    """Tests marked ``optimized`` run large programs that no other test compiles (a real 135M
+    model), where LLVM's optimisation pays for itself: for them the compiler optimises as the
+    library does by default (in this process and the subprocesses it starts). Compiled
+    programs are dropped before and after, since JAX's in-memory cache does not key on this
+    setting (the on-disk cache does)."""
+    if request.node.get_closest_marker("optimized") is None:
+        yield
+        return
+    before = jax.config.read("jax_disable_most_optimizations")
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
+    jax.clear_caches()
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+        jax.clear_caches()
 
 
 def pytest_collection_modifyitems(config, items):

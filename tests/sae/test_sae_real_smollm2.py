@@ -28,6 +28,7 @@ LAYER = 15  # of 30
 
 
 @pytest.mark.slow
+@pytest.mark.optimized  # its 135M-parameter programs run long and no other test shares them
 def test_smollm2_train_sae_content_and_demo(tmp_path, monkeypatch):
     if not Path(GGUF).is_file():
         pytest.skip(f"SmolLM2 GGUF not found at {GGUF} (set REFUSAL_JAX_SMOLLM2_GGUF)")

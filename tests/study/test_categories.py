@@ -268,6 +268,7 @@ def test_categories_script_schema_and_resume(tmp_path, monkeypatch):
 
 @needs_organism
 @pytest.mark.slow
+@pytest.mark.optimized  # 8 categories x 50 prompts: long programs, run many times
 def test_shared_features_carry_the_jailbreak_on_the_organism(tmp_path):
     """The full paper-protocol run on all 8 categories (no transfer matrix) at the layer the
     pipeline chooses: the paper's common features (in every category's F*) are non-empty and
