@@ -210,6 +210,7 @@ REDUCED = ["--categories", "weapons,drugs,theft,fraud", "--n-prompts", "12",
 
 @needs_organism
 @pytest.mark.slow
+@pytest.mark.optimized
 def test_categories_script_schema_and_resume(tmp_path, monkeypatch):
     res = load_script("categories").main(["--out", str(tmp_path), *REDUCED])
     folder = next(tmp_path.iterdir())
