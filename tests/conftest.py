@@ -26,9 +26,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # 98 -> 26 CPU-seconds. The cost: programs that run long execute slower. Tests marked
 # ``optimized`` (below) switch LLVM's passes back on. Measured alone on 2026-12-03 (2-core
 # Xeon): the SmolLM2 SAE-training + demo check, whose 135M-parameter programs no other test
-# shares, 151 -> 104 CPU-s; the full categories protocol 86 -> 62 CPU-s, although it then
-# compiles again the programs it shares with the reduced run (on a slower machine earlier that
-# day the suite measured 145 s for it with the marker against 139 s without). Set XLA_FLAGS
+# shares, 151 -> 104 CPU-s; tests/study/test_categories.py 135 -> 93 CPU-s with its script and
+# full-protocol checks marked (the protocol loads the programs it shares with the script from
+# the on-disk cache; marking the protocol alone gave 115 CPU-s). The jailbreak-analysis script
+# check took longer marked (57 -> 77 CPU-s), the GCG script the same. Set XLA_FLAGS
 # and JAX_DISABLE_MOST_OPTIMIZATIONS=0 to test with the library's default compiler.
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true --xla_cpu_use_fusion_emitters=false"
@@ -87,11 +88,11 @@ def _release_compiled_programs():
 
 @pytest.fixture(autouse=True)
 def _optimizing_compiler(request, monkeypatch):
-    """Tests marked ``optimized`` run large programs that no other test compiles (a real 135M
-    model), where LLVM's optimisation pays for itself: for them the compiler optimises as the
-    library does by default (in this process and the subprocesses it starts). Compiled
-    programs are dropped before and after, since JAX's in-memory cache does not key on this
-    setting (the on-disk cache does)."""
+    """Tests marked ``optimized`` run programs long or often enough (a real 135M model, the
+    categories protocol) that LLVM's optimisation pays for itself: for them the compiler
+    optimises as the library does by default (in this process and the subprocesses it
+    starts). Compiled programs are dropped before and after, since JAX's in-memory cache does
+    not key on this setting; the on-disk cache does, so marked tests share their programs."""
     if request.node.get_closest_marker("optimized") is None:
         yield
         return
