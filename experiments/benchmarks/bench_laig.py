@@ -7,7 +7,8 @@ SAEs: random JumpReLU SAEs of width 16384 at every layer (unit decoder rows, W_e
 per-layer thresholds set so about 1% of features fire), generated from one seed identically on
 both sides.
 
-* JAX: ``la_ig`` (all N alpha steps one vmapped batch, residual gradients, no SAE in autodiff) +
+* JAX: ``la_ig`` (the N alpha steps scanned one at a time, or ``B`` at a time as one vmapped
+  batch with ``RULE:N:B`` = ``alpha_batch=B``; residual gradients, no SAE in autodiff) +
   position-mean ``feature_attributions``, jitted.
 * PyTorch: the original approach, SAEs in the loop through forward hooks on every decoder layer,
   a Python loop over alpha with one backward each (``tests/support/torch_laig_ref.py``, HF
@@ -17,10 +18,12 @@ both sides.
   runs in its own venv (``--tl-python``, default /work/venvs/tl; RESULTS.md says how to create
   it) and prints "skipped: transformer_lens not installed" when there is none.
 
-JAX runs every ``--configs`` RULE:N (``alpha_schedule``) and a Gauss-Legendre N = 256 reference;
-each row reports forward-equivalents, seconds, speed-up vs each peer (which run the paper's left
-N = ``--n-steps``), relative L2 error of the attributions vs the reference and the overlap of
-the top-20 F*, then the headline: the fastest rule with an F* overlap at least that of left N.
+JAX runs every ``--configs`` RULE:N[:B] (``alpha_schedule``, ``alpha_batch``) and a
+Gauss-Legendre N = 256 reference; each row reports forward-equivalents, seconds, speed-up vs
+each peer (which run the paper's left N = ``--n-steps``, one alpha step at a time, as the
+reference code does), relative L2 error of the attributions vs the reference and the overlap
+of the top-20 F*, then the headline: the fastest rule with an F* overlap at least that of left
+N.
 
 Each side runs in its own subprocess, one after the other, so peak RSS (``ru_maxrss``) is its own
 and the sides never compete for the CPU. The torch side reports per-token attributions, reduced to
@@ -72,7 +75,7 @@ REFUSAL_TOKEN = 1000
 ACTIVE_Z = 2.33  # threshold = z * typical |pre|: ~1% of features fire
 REF = ("gauss", 256)  # the reference integral: Gauss-Legendre with 256 nodes
 TOP_K = 20  # F*: the top 20 (layer, feature) pairs of the batch-mean attributions
-CONFIGS = "left:10,midpoint:4,gauss:2,gauss:3,gauss:4"
+CONFIGS = "left:10,midpoint:4,gauss:2,gauss:2:2,gauss:3,gauss:3:3,gauss:4"
 TL_PYTHON = "/work/venvs/tl/bin/python"  # the peer venv (RESULTS.md: how to create it)
 
 
@@ -192,18 +195,19 @@ def run_jax(folder: Path, meta: dict, args) -> dict:
     ref = np.asarray(laig(*REF, alpha_batch=16)())
     ref_s = time.perf_counter() - t0
     rows = []
-    for rule, n in args.configs:
-        go = laig(rule, n)
+    for rule, n, batch in args.configs:
+        go = laig(rule, n, batch)
         t0 = time.perf_counter()
         attr = np.asarray(go())
         compile_s = time.perf_counter() - t0
         laig_s, laig_times = timed(go, args.runs)
-        if (rule, n) == ("left", args.n_steps):
+        if (rule, n, batch) == ("left", args.n_steps, None):
             np.save(folder / "attr_jax.npy", attr)
         rows.append(
             {
                 "rule": rule,
                 "n": n,
+                "alpha_batch": batch,
                 "laig_s": laig_s,
                 "laig_times": laig_times,
                 "compile_s": compile_s,
@@ -506,19 +510,20 @@ def _subprocess(side: str, folder: Path, args, python: str = sys.executable) -> 
     cmd = [python, __file__, "--side", side, "--folder", str(folder)]
     for k in ("batch", "seq", "n_steps", "d_sae", "new_tokens", "runs", "torch_runs", "threads"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-    cmd += ["--configs", ",".join(f"{r}:{n}" for r, n in args.configs)]
+    cmd += ["--configs", ",".join(":".join(map(str, filter(None, c))) for c in args.configs)]
     cmd += ["--generation"] if args.generation else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _configs(text: str) -> list[tuple[str, int]]:
+def _configs(text: str) -> list[tuple[str, int, int | None]]:
+    """RULE:N[:B],... -> [(rule, n, alpha_batch or None)]."""
     out = []
     for item in text.split(","):
-        rule, _, n = item.partition(":")
-        if not n.isdigit():
-            raise argparse.ArgumentTypeError(f"--configs: {item!r} is not RULE:N")
-        out.append((rule, int(n)))
+        rule, *nums = item.split(":")
+        if len(nums) not in (1, 2) or not all(x.isdigit() and int(x) > 0 for x in nums):
+            raise argparse.ArgumentTypeError(f"--configs: {item!r} is not RULE:N or RULE:N:B")
+        out.append((rule, int(nums[0]), int(nums[1]) if len(nums) == 2 else None))
     return out
 
 
@@ -526,10 +531,16 @@ def _agreement(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+def _label(row: dict) -> str:
+    """The rule column: the rule, and ``alpha_batch`` when the steps ran B at a time."""
+    b = row.get("alpha_batch")
+    return row["rule"] if b is None else f"{row['rule']} ({b} steps at once)"
+
+
 def report(meta, jx, peers, args) -> str:
     """The headline table (one row per method / rule / N) and the context lines."""
     fwd = jx["forward_s"]
-    by = {(r["rule"], r["n"]): r for r in jx["rows"]}
+    by = {(r["rule"], r["n"]): r for r in jx["rows"] if r.get("alpha_batch") is None}
     paper = by.get(("left", args.n_steps))
     lines = [
         f"model: Gemma-2-shaped, {meta['n_params'] / 1e6:.1f}M parameters (d_model 768, 12 "
@@ -569,7 +580,7 @@ def report(meta, jx, peers, args) -> str:
         cells += [f"{acc['rel_l2']:.1e} (as JAX)", f"{acc['overlap']:.2f} (as JAX)"]
         table.append("| " + " | ".join(cells) + " |")
     for row in jx["rows"]:
-        cells = ["JAX", row["rule"], str(row["n"]), f"{row['laig_s'] / fwd:.1f}"]
+        cells = ["JAX", _label(row), str(row["n"]), f"{row['laig_s'] / fwd:.1f}"]
         cells += [f"{row['laig_s']:.2f}"]
         cells += [f"{live[k]['laig_s'] / row['laig_s']:.1f}x" for k in live]
         cells += [f"{row['rel_l2']:.1e}", f"{row['overlap']:.2f}"]
@@ -580,7 +591,7 @@ def report(meta, jx, peers, args) -> str:
         ratios = ", ".join(f"{live[k]['laig_s'] / best['laig_s']:.1f}x vs {k}" for k in live)
         table.append(
             f"\nheadline: fastest JAX rule with F* overlap >= the paper's left N = "
-            f"{args.n_steps} ({paper['overlap']:.2f}): {best['rule']} N = {best['n']}, "
+            f"{args.n_steps} ({paper['overlap']:.2f}): {_label(best)} N = {best['n']}, "
             f"{best['laig_s']:.2f} s, overlap {best['overlap']:.2f}, rel. L2 {best['rel_l2']:.1e}"
             + (f" -> {ratios}" if ratios else "")
         )
