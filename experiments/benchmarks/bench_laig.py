@@ -510,10 +510,15 @@ def _subprocess(side: str, folder: Path, args, python: str = sys.executable) -> 
     cmd = [python, __file__, "--side", side, "--folder", str(folder)]
     for k in ("batch", "seq", "n_steps", "d_sae", "new_tokens", "runs", "torch_runs", "threads"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-    cmd += ["--configs", ",".join(":".join(map(str, filter(None, c))) for c in args.configs)]
+    cmd += ["--configs", ",".join(_config_text(*c) for c in args.configs)]
     cmd += ["--generation"] if args.generation else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _config_text(rule: str, n: int, alpha_batch: int | None) -> str:
+    """The inverse of :func:`_configs` for one entry: RULE:N or RULE:N:B."""
+    return f"{rule}:{n}" if alpha_batch is None else f"{rule}:{n}:{alpha_batch}"
 
 
 def _configs(text: str) -> list[tuple[str, int, int | None]]:
