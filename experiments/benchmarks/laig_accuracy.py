@@ -2,7 +2,8 @@
 
 LA-IG's attributions are A = (f_patch - f_clean) * int_0^1 dm/df(alpha) d alpha (per feature);
 ``alpha_schedule`` approximates the integral with N nodes. Here, for the rules ``left`` (the
-paper), ``midpoint``, ``trapezoid`` and ``gauss`` (Gauss-Legendre) and N in 1..16, the error of
+paper), ``midpoint``, ``trapezoid``, ``gauss`` (Gauss-Legendre), ``lobatto`` and ``radau`` (both
+ends, the alpha = 1 end; see ``alpha_schedule``) and N in 1..16, the error of
 the position-mean attributions [L, B, S] against Gauss-Legendre with N = 256:
 
 * relative L2 error ||A_N - A_ref|| / ||A_ref||;
@@ -39,7 +40,7 @@ from bench_laig import REF, accuracy  # noqa: E402
 from benchutil import machine_info  # noqa: E402
 
 HEADING = "## LA-IG accuracy of the alpha integral (issue 17)"
-RULES = ("left", "midpoint", "trapezoid", "gauss")
+RULES = ("left", "midpoint", "trapezoid", "gauss", "lobatto", "radau")
 NS = (1, 2, 3, 4, 6, 8, 10, 16)
 
 
@@ -74,7 +75,7 @@ def error_curves(params, cfg, saes, ids, mask, direction, refusal_token, skip=1,
     plan: dict[float, list] = {}
     for rule in RULES:
         for n in ns:
-            if rule == "trapezoid" and n < 2:
+            if rule in ("trapezoid", "lobatto") and n < 2:
                 continue
             for a, wt in zip(*alpha_schedule(n, rule), strict=True):
                 plan.setdefault(float(a), []).append(((rule, n), float(wt)))
@@ -88,8 +89,16 @@ def error_curves(params, cfg, saes, ids, mask, direction, refusal_token, skip=1,
     rows = []
     for (rule, n), grad in sorted(sums.items()):
         attr = feature_attributions(ref_res.replace(grad=grad), saes, w)
-        rows.append({"rule": rule, "n": n, **accuracy(attr, ref)})
+        rows.append({"rule": rule, "n": n, "runs": runs(rule, n), **accuracy(attr, ref)})
     return rows, len(plan)
+
+
+def runs(rule: str, n: int) -> int:
+    """Model runs with a backward pass that the rule costs in ``la_ig``: N, less the alpha = 1
+    node, which needs none (an alpha = 0 node still costs its backward pass)."""
+    from refusal_jax.method.laig import alpha_schedule, quadrature_ends
+
+    return n - int(quadrature_ends(alpha_schedule(n, rule)[0])[1])
 
 
 def organism_subject(n_prompts: int = 8):
@@ -146,7 +155,7 @@ def table(rows) -> str:
     out = ["| rule | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
     for rule in RULES:
         cells = []
-        for n in ns:
+        for n in ns:  # N nodes (radau and lobatto: N - 1 model runs, see ``runs``)
             r = by.get((rule, n))
             cells.append("-" if r is None else f"{r['rel_l2']:.1e} / {r['overlap']:.2f}")
         out.append(f"| {rule} | " + " | ".join(cells) + " |")
@@ -163,13 +172,13 @@ def plot(results: dict, path: Path) -> None:
     for j, (name, rows) in enumerate(results.items()):
         for rule in RULES:
             rr = sorted((r for r in rows if r["rule"] == rule), key=lambda r: r["n"])
-            ns = [r["n"] for r in rr]
+            ns = [max(r["runs"], 0.5) for r in rr]  # radau N = 1 (alpha = 1 only): 0 runs
             axes[0, j].loglog(ns, [max(r["rel_l2"], 1e-9) for r in rr], "o-", label=rule)
             axes[1, j].semilogx(ns, [r["overlap"] for r in rr], "o-", label=rule)
         axes[0, j].set_title(name)
         axes[0, j].set_ylabel(f"rel. L2 error vs {REF[0]} N={REF[1]}")
         axes[1, j].set_ylabel("top-20 F* overlap")
-        axes[1, j].set_xlabel("N (alpha steps)")
+        axes[1, j].set_xlabel("model runs with a backward pass (N; radau, lobatto: N - 1)")
         axes[1, j].set_ylim(0, 1.05)
         for ax in axes[:, j]:
             ax.axvline(10, color="grey", lw=0.5, ls=":")

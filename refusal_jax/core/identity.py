@@ -39,7 +39,7 @@ from refusal_jax.core.sharding import to_host
 
 # Bump when a change to the method alters results: every cache, sweep and run folder made by an
 # older version is then refused on resume (or recomputed with --force).
-ALGORITHM_VERSION = "1"
+ALGORITHM_VERSION = "2"
 CACHE_ENV = "REFUSAL_JAX_CACHE_DIR"
 IDENTITY_FILE = "identity.json"
 _CHUNK = 1 << 22

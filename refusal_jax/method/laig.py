@@ -4,13 +4,15 @@
 The whole algorithm, in the residual-gradient form that keeps every d_sae-wide tensor out of
 autodiff:
 
-1. clean run -> x_l (resid_post at every layer);
+1. clean run -> x_l (resid_post at every layer; the alpha = 0 step's forward when the rule
+   has that node);
 2. patched run (refusal direction ablated at every layer) -> x~_l (after the ablation) and
    x_l^pre (the layer output before it). x_patch,l = dec(f_patch) + e_patch equals x_l^pre for
    error mode ``paper`` (e_patch = x^pre - dec(f_patch)) and x~_l for ``ablated``;
 3. for each alpha: run with out_l = (1 - alpha) a + alpha x_patch,l at every layer (exactly the
    SAE-in-the-loop run, because decoders are affine) and take g_l = dm/d out_l, with
-   m = sum_b logit_jb - logit_refusal at the last position. All alphas are one batched map;
+   m = sum_b logit_jb - logit_refusal at the last position. The steps are scanned, B at a
+   time (``alpha_batch``); at alpha = 1 only the last layer has a gradient (no model run);
 4. A[l,b,t,i] = (f_patch - f_clean)[l,b,t,i] * (mean_alpha g_l W_dec,l^T)[b,t,i], computed
    layer by layer and reduced over positions, or only for a feature subset.
 
@@ -27,6 +29,15 @@ left N = 10 on the organism and on a Gemma-2-shaped model in
 ``experiments/benchmarks/laig_accuracy.py`` (errors vs an N = 256 reference and F* overlap in
 experiments/benchmarks/RESULTS.md) at a third of the cost; check the curve for a new model
 before going below N = 3, and keep ``left`` when comparing with the paper's numbers.
+
+The end nodes are cheap (:func:`quadrature_ends`): alpha = 0 is the clean run, whose forward
+LA-IG needs anyway, and at alpha = 1 every layer's output is x_patch, so the gradient is 0
+below the last layer and costs no model run at all. ``radau`` (alpha = 1 a node) and
+``lobatto`` (both ends) spend those savings on accuracy: ``radau`` N = 3 costs what ``gauss``
+N = 2 costs and is exact to degree 4 instead of 3; ``lobatto`` N = 3 (Simpson) is exact to
+degree 3 like ``gauss`` N = 2 at one forward pass less; ``radau`` N = 2 (one interpolated run)
+is exact to degree 2. Which one reaches a given accuracy depends on the model: RESULTS.md
+has the curves for two.
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ from refusal_jax import sae as sae_lib
 from refusal_jax.core.batching import batches
 from refusal_jax.core.config import ModelConfig
 from refusal_jax.core.errors import check_direction
-from refusal_jax.core.model import check_inputs, forward_fn, n_embeddings
+from refusal_jax.core.model import check_inputs, forward_fn, n_embeddings, unembed
 from refusal_jax.core.patches import Identity
 from refusal_jax.core.positions import ContentPositions
 from refusal_jax.method.features import FeatureSet
@@ -55,7 +66,7 @@ from refusal_jax.method.interventions import Interpolate, ablate_direction, unit
 ERROR_MODES = ("paper", "ablated")
 
 
-ALPHA_RULES = ("left", "right", "midpoint", "trapezoid", "gauss")
+ALPHA_RULES = ("left", "right", "midpoint", "trapezoid", "gauss", "lobatto", "radau")
 # Rules whose weights are all 1/N (la_ig sums their steps and divides by N, as the paper does).
 UNIFORM_RULES = ("left", "right", "midpoint")
 
@@ -73,6 +84,17 @@ def alpha_schedule(n_steps: int = 10, rule: str = "left") -> tuple[np.ndarray, n
       ends; exact for degree 1, error O(1/N^2).
     * ``gauss``: Gauss-Legendre nodes and weights mapped to [0, 1]; exact for polynomials of
       degree 2N - 1, error decaying faster than any power of 1/N for a smooth integrand.
+    * ``lobatto``: Gauss-Lobatto, both ends 0 and 1 plus N - 2 interior nodes (N >= 2); exact
+      for degree 2N - 3 (N = 3: Simpson's rule).
+    * ``radau``: Gauss-Radau with alpha = 1 a node (the other N - 1 interior); exact for
+      degree 2N - 2.
+
+    The ends are cheap nodes in :func:`la_ig` (see :func:`quadrature_ends`): alpha = 0 is the
+    clean run, whose forward LA-IG needs anyway (the node adds a backward pass), and at
+    alpha = 1 every layer's output is replaced by x_patch, which cuts the chain: the gradient
+    is 0 at every layer but the last, where it is the unembedding's at x_patch (no model run).
+    ``radau`` N therefore costs N - 1 interpolated runs, ``lobatto`` N costs N - 2 and one
+    backward pass, ``gauss`` N costs N runs and the clean forward.
 
     The uniform rules (left, right, midpoint) have equal weights; :func:`la_ig` averages their
     steps exactly as before weights existed, so ``left`` results are unchanged bit for bit.
@@ -92,6 +114,24 @@ def alpha_schedule(n_steps: int = 10, rule: str = "left") -> tuple[np.ndarray, n
     elif rule == "gauss":
         x, w = np.polynomial.legendre.leggauss(n_steps)
         alphas, weights = (x + 1.0) / 2.0, w / 2.0
+    elif rule == "lobatto":
+        if n_steps < 2:
+            raise ValueError("the lobatto rule needs n_steps >= 2 (both ends of [0, 1])")
+        # on [-1, 1]: +-1 and the roots of P'_{N-1}; weights 2 / (N (N - 1) P_{N-1}(x)^2)
+        p = np.polynomial.legendre.Legendre.basis(n_steps - 1)
+        inner = np.sort(p.deriv().roots().real) if n_steps > 2 else np.empty(0)
+        x = np.concatenate([[-1.0], inner, [1.0]])
+        w = 2.0 / (n_steps * (n_steps - 1) * p(x) ** 2)
+        alphas, weights = (x + 1.0) / 2.0, w / 2.0
+    elif rule == "radau":
+        # left Radau on [-1, 1] (-1 a node): the roots of P_{N-1} + P_N, weights 2 / N^2 at -1
+        # and (1 - x) / (N^2 P_{N-1}(x)^2) elsewhere; mirrored so that +1 (alpha = 1) is the node
+        basis = np.polynomial.legendre.Legendre.basis
+        x = np.sort((basis(n_steps - 1) + basis(n_steps)).roots().real)
+        x[0] = -1.0
+        w = (1.0 - x) / (n_steps**2 * basis(n_steps - 1)(x) ** 2)
+        w[0] = 2.0 / n_steps**2
+        alphas, weights = (1.0 - x[::-1]) / 2.0, w[::-1] / 2.0
     else:
         raise ValueError(f"unknown alpha rule {rule!r} (one of {', '.join(ALPHA_RULES)})")
     return alphas.astype(np.float32), weights.astype(np.float32)
@@ -99,6 +139,16 @@ def alpha_schedule(n_steps: int = 10, rule: str = "left") -> tuple[np.ndarray, n
 
 def _is_uniform(rule: str) -> bool:
     return rule in UNIFORM_RULES
+
+
+def quadrature_ends(alphas: ArrayLike) -> tuple[bool, bool]:
+    """(the first node is alpha = 0, the last is alpha = 1) of a schedule's ``alphas`` [N]
+    (host values): the static ``ends`` of :func:`la_ig_fn` and :func:`attribute_batch`, which
+    compute those nodes the cheap way (see :func:`alpha_schedule`)."""
+    a = np.asarray(alphas)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"alphas must be a non-empty vector, got shape {a.shape}")
+    return bool(a[0] == 0.0), bool(a[-1] == 1.0)
 
 
 @struct.dataclass
@@ -127,6 +177,26 @@ class LAIGResult:
     weights: jax.Array
 
 
+def _ablated_run(params, cfg, ids, mask, direction, error_mode):
+    """The run with ``direction`` ablated at every layer: (ForwardOutput with residuals and
+    last-position logits, x_patch [L, B, T, D] for ``error_mode``)."""
+    if error_mode not in ERROR_MODES:
+        raise ValueError(f"error_mode must be one of {ERROR_MODES}, got {error_mode!r}")
+    ablation = ablate_direction(unit(jnp.asarray(direction, jnp.float32)), cfg.n_layers)
+    abl = forward_fn(
+        params, cfg, ids, mask, patch=ablation, return_residuals=True, last_logits_only=True
+    )
+    return abl, abl.block_out if error_mode == "paper" else abl.resid_post
+
+
+def _jailbreak_tokens(given, abl_logits):
+    """[B] int32: ``given`` (int or [B]) where >= 0, else the argmax of the ablated run's
+    last-position logits (the paper's ``ind_jailbreak``)."""
+    argmax = jnp.argmax(abl_logits[:, -1], axis=-1).astype(jnp.int32)
+    given = jnp.broadcast_to(jnp.asarray(given, jnp.int32), argmax.shape)
+    return jnp.where(given >= 0, given, argmax)
+
+
 def patched_runs(
     params: dict,
     cfg: ModelConfig,
@@ -141,18 +211,9 @@ def patched_runs(
     ablated at every layer; residuals [L, B, T, D]. ``jailbreak_token``: None -> per-sample
     argmax of the ablated run's last-position logits (the paper's ``ind_jailbreak``), else an
     int or [B] ids."""
-    if error_mode not in ERROR_MODES:
-        raise ValueError(f"error_mode must be one of {ERROR_MODES}, got {error_mode!r}")
+    abl, x_patch = _ablated_run(params, cfg, ids, mask, direction, error_mode)
     clean = forward_fn(params, cfg, ids, mask, return_residuals=True, last_logits_only=True)
-    ablation = ablate_direction(unit(jnp.asarray(direction, jnp.float32)), cfg.n_layers)
-    abl = forward_fn(
-        params, cfg, ids, mask, patch=ablation, return_residuals=True, last_logits_only=True
-    )
-    if jailbreak_token is None:
-        jb = jnp.argmax(abl.logits[:, -1], axis=-1).astype(jnp.int32)
-    else:
-        jb = jnp.broadcast_to(jnp.asarray(jailbreak_token, jnp.int32), (ids.shape[0],))
-    x_patch = abl.block_out if error_mode == "paper" else abl.resid_post
+    jb = _jailbreak_tokens(-1 if jailbreak_token is None else jailbreak_token, abl.logits)
     return PatchedRuns(
         clean.resid_post, abl.resid_post, x_patch, jb, jnp.asarray(refusal_token, jnp.int32)
     )
@@ -167,7 +228,7 @@ def refusal_metric(logits: jax.Array, jailbreak_token: jax.Array, refusal_token:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("cfg", "error_mode", "alpha_batch", "remat", "uniform")
+    jax.jit, static_argnames=("cfg", "error_mode", "alpha_batch", "remat", "uniform", "ends")
 )
 def la_ig_fn(
     params,
@@ -183,59 +244,98 @@ def la_ig_fn(
     alpha_batch=None,
     remat=False,
     uniform=True,
+    ends=(False, False),
 ) -> LAIGResult:
     """Jitted core of :func:`la_ig` (``jailbreak_token`` < 0 means per-sample argmax).
 
     alphas, weights [N] (:func:`alpha_schedule`). ``uniform``: the weights are all 1/N; the
     steps' gradients are then summed and divided by N (the paper's mean), else each step's
-    gradient is scaled by its weight before the float32 sum."""
-    jb_given = jnp.asarray(jailbreak_token, jnp.int32)
-    runs = patched_runs(params, cfg, ids, mask, direction, refusal_token, None, error_mode)
-    jb = jnp.where(
-        jb_given >= 0, jnp.broadcast_to(jb_given, runs.jailbreak_token.shape), runs.jailbreak_token
-    )
-    runs = runs.replace(jailbreak_token=jb)
-    x_patch = jax.lax.stop_gradient(runs.x_patch)
+    gradient is scaled by its weight before the float32 sum.
 
-    def at_alpha(alpha):
+    ``ends`` (static; :func:`quadrature_ends` of the same alphas): (alphas[0] == 0,
+    alphas[-1] == 1), a promise that lets those nodes take the cheap way. alpha = 0: the
+    interpolated run is the clean run (out_l = a + delta_l), so its forward doubles as the
+    clean run and the node adds one backward pass. alpha = 1: out_l = x_patch,l + delta_l does
+    not depend on the layers below, so dm/d out_l is 0 for l < L - 1 and, at the last layer,
+    the gradient of the metric through the unembedding at x_patch,L-1 (no model run). Either
+    equals the full interpolated run at that alpha to float32 rounding (tested); with the
+    default (False, False) every node runs the interpolated model, whatever the alphas."""
+    at_zero, at_one = ends
+    refusal_token = jnp.asarray(refusal_token, jnp.int32)
+    abl, x_patch = _ablated_run(params, cfg, ids, mask, direction, error_mode)
+    jb = _jailbreak_tokens(jailbreak_token, abl.logits)
+    x_patch = jax.lax.stop_gradient(x_patch)
+    zeros = jnp.zeros_like(x_patch)
+
+    def at_alpha(alpha, residuals=False):
         def metric(delta):
             patch = Interpolate(alpha, x_patch, delta)
             out = forward_fn(
-                params, cfg, ids, mask, patch=patch, last_logits_only=True, remat=remat
-            )
-            return refusal_metric(out.logits, jb, runs.refusal_token)
+                params, cfg, ids, mask, patch=patch, last_logits_only=True, remat=remat,
+                return_residuals=residuals,
+            )  # fmt: skip
+            return refusal_metric(out.logits, jb, refusal_token), out.resid_post
 
-        return jax.value_and_grad(metric)(jnp.zeros_like(x_patch))
+        (value, post), grad = jax.value_and_grad(metric, has_aux=True)(zeros)
+        return (value, grad, post) if residuals else (value, grad)
+
+    def scaled(grads, weight_chunk):
+        # float32 sums whatever the model dtype (bfloat16: the integral is not accumulated in
+        # bfloat16); weighted rules scale each step before the sum
+        grads = grads.astype(jnp.float32)
+        if uniform:
+            return grads
+        return grads * weight_chunk.astype(jnp.float32).reshape((-1,) + (1,) * (grads.ndim - 1))
 
     def chunk(alpha_chunk, weight_chunk):
-        # alpha steps of one chunk run as one vmapped batch; their gradients are summed in
-        # float32 (bfloat16 models: the integral is not accumulated in bfloat16)
+        # alpha steps of one chunk run as one vmapped batch; their gradients are summed
         metric, grads = jax.vmap(at_alpha)(alpha_chunk)
-        grads = grads.astype(jnp.float32)
-        if not uniform:
-            grads = grads * weight_chunk.astype(jnp.float32).reshape((-1,) + (1,) * x_patch.ndim)
-        return metric, grads.sum(axis=0)
+        return metric, scaled(grads, weight_chunk).sum(axis=0)
 
     n = alphas.shape[0]
-    k = 1 if alpha_batch is None else max(1, min(int(alpha_batch), n))
-    n_full, rest = divmod(n, k)
+    first, stop = int(at_zero), n - int(at_one)
+    metrics = []
+    if at_zero:
+        m0, g0, x_clean = at_alpha(alphas[0], residuals=True)
+        total, metrics = scaled(g0[None], weights[:1])[0], [m0[None]]
+    else:
+        clean = forward_fn(params, cfg, ids, mask, return_residuals=True, last_logits_only=True)
+        total, x_clean = jnp.zeros(x_patch.shape, jnp.float32), clean.resid_post
 
-    def body(total, chunk_args):
-        metric, g = chunk(*chunk_args)
-        return total + g, metric
+    inner = stop - first
+    if inner:
+        k = 1 if alpha_batch is None else max(1, min(int(alpha_batch), inner))
+        n_full, rest = divmod(inner, k)
 
-    # Chunks of k steps in a scan: peak memory holds k steps' activations and gradients plus
-    # one float32 running sum, whatever the number of steps.
-    total, metric = jax.lax.scan(
-        body,
-        jnp.zeros(x_patch.shape, jnp.float32),
-        (alphas[: n_full * k].reshape(n_full, k), weights[: n_full * k].reshape(n_full, k)),
-    )
-    metric = metric.reshape(-1)
-    if rest:
-        m_rest, g_rest = chunk(alphas[n_full * k :], weights[n_full * k :])
-        total, metric = total + g_rest, jnp.concatenate([metric, m_rest])
+        def body(acc, chunk_args):
+            metric, g = chunk(*chunk_args)
+            return acc + g, metric
+
+        # Chunks of k steps in a scan: peak memory holds k steps' activations and gradients
+        # plus one float32 running sum, whatever the number of steps.
+        a_in, w_in = alphas[first:stop], weights[first:stop]
+        total, metric = jax.lax.scan(
+            body,
+            total,
+            (a_in[: n_full * k].reshape(n_full, k), w_in[: n_full * k].reshape(n_full, k)),
+        )
+        metrics.append(metric.reshape(-1))
+        if rest:
+            m_rest, g_rest = chunk(a_in[n_full * k :], w_in[n_full * k :])
+            total = total + g_rest
+            metrics.append(m_rest)
+    if at_one:
+
+        def last_layer_metric(x_last):
+            logits = unembed(params, cfg, x_last[:, -1:])
+            return refusal_metric(logits, jb, refusal_token)
+
+        m1, g1 = jax.value_and_grad(last_layer_metric)(x_patch[-1])
+        total = total.at[-1].add(scaled(g1[None], weights[-1:])[0])
+        metrics.append(m1[None])
+    metric = jnp.concatenate(metrics)
     grad = total / n if uniform else total
+    runs = PatchedRuns(x_clean, abl.resid_post, x_patch, jb, refusal_token)
     return LAIGResult(runs, grad, metric, alphas, weights)
 
 
@@ -292,6 +392,7 @@ def la_ig(
         alpha_batch,
         remat,
         _is_uniform(alpha_rule),
+        quadrature_ends(alphas),
     )
 
 
@@ -348,7 +449,7 @@ def feature_attributions(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("cfg", "positions", "error_mode", "alpha_batch", "remat", "uniform"),
+    static_argnames=("cfg", "positions", "error_mode", "alpha_batch", "remat", "uniform", "ends"),
 )
 def attribute_batch(
     params: dict,
@@ -364,18 +465,20 @@ def attribute_batch(
     alpha_batch: int | None = None,
     remat: bool | str = False,
     uniform: bool = True,
+    ends: tuple[bool, bool] = (False, False),
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One batch of a prompt set through LA-IG as a single compiled program: ids / mask [B, T]
     (checked by the caller), direction [D], ``quadrature`` = (alphas [N], weights [N]) of
-    :func:`alpha_schedule` -> (position-mean attributions [L, B, d_sae] over the content
-    positions of ``positions``, jailbreak token [B], metric [N]). The same numbers as
+    :func:`alpha_schedule` and its static ``ends`` (:func:`quadrature_ends`) -> (position-mean
+    attributions [L, B, d_sae] over the content positions of ``positions``, jailbreak token
+    [B], metric [N]). The same numbers as
     :func:`la_ig` + :func:`position_weights` + :func:`feature_attributions`, without their
     per-call host checks and separate dispatches (what :func:`attribute_prompts` and sweeps
     run per batch)."""
     alphas, weights = quadrature
     res = la_ig_fn(
         params, cfg, ids, mask, direction, refusal_token, -1, alphas, weights,
-        error_mode, alpha_batch, remat, uniform,
+        error_mode, alpha_batch, remat, uniform, ends,
     )  # fmt: skip
     attr = feature_attributions(res, saes, position_weights(mask, ids=ids, positions=positions))
     return attr, res.runs.jailbreak_token, res.metric
@@ -438,14 +541,15 @@ def attribute_prompts(
     check_inputs(cfg, ids, mask, "attribute_prompts", n_embeddings(params, cfg))
     check_direction(direction, cfg.d_model, "attribute_prompts direction")
     positions = ContentPositions(prefix_length=1) if positions is None else positions
-    quadrature = tuple(jnp.asarray(q) for q in alpha_schedule(n_steps, alpha_rule))
+    schedule = alpha_schedule(n_steps, alpha_rule)
+    quadrature = tuple(jnp.asarray(q) for q in schedule)
     direction = jnp.asarray(direction)
     rt = jnp.asarray(refusal_token, jnp.int32)
 
     def call(b_ids, b_mask):
         return attribute_batch(
             params, cfg, saes, b_ids, b_mask, direction, rt, quadrature, positions,
-            error_mode, alpha_batch, remat, _is_uniform(alpha_rule),
+            error_mode, alpha_batch, remat, _is_uniform(alpha_rule), quadrature_ends(schedule[0]),
         )  # fmt: skip
 
     steps = list(batches(ids, mask, batch_size))
@@ -575,6 +679,7 @@ __all__ = [
     "la_ig_naive",
     "patched_runs",
     "position_weights",
+    "quadrature_ends",
     "refusal_metric",
     "subset_attributions",
 ]

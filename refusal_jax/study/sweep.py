@@ -58,7 +58,13 @@ from refusal_jax.core.positions import ContentPositions
 from refusal_jax.core.sharding import DATA, is_primary, shard_batch, to_host
 from refusal_jax.method.direction import choose_best_layer, refusal_directions
 from refusal_jax.method.judges import refusal_token
-from refusal_jax.method.laig import UNIFORM_RULES, alpha_schedule, attribute_batch
+from refusal_jax.method.laig import (
+    ERROR_MODES,
+    UNIFORM_RULES,
+    alpha_schedule,
+    attribute_batch,
+    quadrature_ends,
+)
 from refusal_jax.method.prompts import encode_prompts
 from refusal_jax.study.runs import content_key
 from refusal_jax.study.subject import PromptSource
@@ -131,6 +137,9 @@ class SweepConfig:
             not isinstance(self.alpha_batch, int) or self.alpha_batch < 1
         ):
             raise ValueError(f"alpha_batch must be a positive int or None, got {self.alpha_batch}")
+        if self.error_mode not in ERROR_MODES:
+            raise ValueError(f"error_mode must be one of {ERROR_MODES}, got {self.error_mode!r}")
+        alpha_schedule(self.n_steps, self.alpha_rule)  # unknown rule, too few steps: fail now
 
     def key_fields(self) -> dict:
         """The fields that determine the results (hashed into the sweep's key)."""
@@ -191,10 +200,12 @@ def _laig_shard(params, cfg, saes, ids, mask, n_real, direction, refusal_token, 
     rule = sc.skip_positions
     if not isinstance(rule, ContentPositions):
         rule = ContentPositions(prefix_length=int(rule))
-    quadrature = tuple(jnp.asarray(q) for q in alpha_schedule(sc.n_steps, sc.alpha_rule))
+    schedule = alpha_schedule(sc.n_steps, sc.alpha_rule)
+    quadrature = tuple(jnp.asarray(q) for q in schedule)
     attr, jb, metric = attribute_batch(
         params, cfg, saes, ids, mask, jnp.asarray(direction), jnp.asarray(refusal_token, jnp.int32),
         quadrature, rule, sc.error_mode, sc.alpha_batch, sc.remat, sc.alpha_rule in UNIFORM_RULES,
+        quadrature_ends(schedule[0]),
     )  # fmt: skip
     out = {
         "metric": metric,  # [n_steps], summed over the shard's rows (incl. padding rows)

@@ -19,6 +19,7 @@ from refusal_jax.method.laig import (
     la_ig_fn,
     la_ig_naive,
     position_weights,
+    quadrature_ends,
 )
 
 CFG = gemma2_config(
@@ -33,8 +34,13 @@ CFG = gemma2_config(
     eos_token_ids=(1,),
 )
 D_SAE = 40
-# degree up to which each rule is exact (gauss: 2N - 1)
-EXACT_DEGREE = {"left": 0, "right": 0, "midpoint": 1, "trapezoid": 1}
+
+
+def exact_degree(rule: str, n: int) -> int:
+    """The degree up to which each rule with n nodes integrates polynomials exactly."""
+    fixed = {"left": 0, "right": 0, "midpoint": 1, "trapezoid": 1}
+    # Gauss-Legendre 2N - 1; each end node fixed in advance costs one degree
+    return fixed[rule] if rule in fixed else 2 * n - {"gauss": 1, "radau": 2, "lobatto": 3}[rule]
 
 
 @pytest.mark.parametrize("rule", ALPHA_RULES)
@@ -46,14 +52,20 @@ def test_rule_integrates_polynomials_of_its_order(rule, n):
     assert ((alphas >= 0) & (alphas <= 1)).all()
     assert weights.sum() == pytest.approx(1.0, abs=1e-6)
     a, w = alphas.astype(np.float64), weights.astype(np.float64)
-    exact = 2 * n - 1 if rule == "gauss" else EXACT_DEGREE[rule]
+    exact = exact_degree(rule, n)
     for degree in range(exact + 1):
         # int_0^1 x^d dx = 1 / (d + 1), to float32 rounding of nodes and weights
         assert (w * a**degree).sum() == pytest.approx(1 / (degree + 1), abs=2e-6), degree
-    # ... and not beyond its order: the next degree is off by more than rounding (Gauss's
-    # error at degree 2N shrinks like 1/(2N)!^2, below float32 rounding from N = 3 on)
-    if rule != "gauss" or n == 2:
+    # ... and not beyond its order: the next degree is off by more than rounding (the Gauss
+    # family's error at the next degree shrinks like 1/(2N)!^2, below float32 rounding for
+    # larger N)
+    if rule not in ("gauss", "radau", "lobatto") or n <= 3:
         assert abs((w * a ** (exact + 1)).sum() - 1 / (exact + 2)) > 5e-5
+    # the end nodes the rule promises are exactly 0 and 1 (la_ig computes them the cheap way)
+    assert quadrature_ends(alphas) == (
+        rule in ("left", "trapezoid", "lobatto"),
+        rule in ("right", "trapezoid", "lobatto", "radau"),
+    )
 
 
 def test_rule_values_and_errors():
@@ -61,6 +73,13 @@ def test_rule_values_and_errors():
     np.testing.assert_array_equal(alpha_schedule(4)[1], np.full(4, 0.25, np.float32))
     np.testing.assert_allclose(alpha_schedule(3, "trapezoid")[1], [0.25, 0.5, 0.25])
     np.testing.assert_allclose(alpha_schedule(1, "gauss"), ([0.5], [1.0]))
+    np.testing.assert_allclose(alpha_schedule(3, "lobatto"), ([0, 0.5, 1], [1 / 6, 2 / 3, 1 / 6]))
+    np.testing.assert_allclose(alpha_schedule(2, "radau"), ([1 / 3, 1], [0.75, 0.25]))
+    np.testing.assert_allclose(alpha_schedule(1, "radau"), ([1.0], [1.0]))
+    with pytest.raises(ValueError, match="lobatto rule needs n_steps >= 2"):
+        alpha_schedule(1, "lobatto")
+    with pytest.raises(ValueError, match="non-empty vector"):
+        quadrature_ends(np.zeros(0))
     with pytest.raises(ValueError, match="unknown alpha rule 'simpson'"):
         alpha_schedule(4, "simpson")
     with pytest.raises(ValueError, match="trapezoid rule needs n_steps >= 2"):
@@ -119,8 +138,11 @@ def test_attributions_converge_to_high_n_reference(model):
     for rule in ("midpoint", "trapezoid"):
         # second order: 4x more steps cut the error by well over 4x (first order: ~4x)
         assert errors[rule][2] < errors[rule][1] / 8, (rule, errors[rule])
-    for rule in ("midpoint", "trapezoid", "gauss"):
+    for rule in ("midpoint", "trapezoid", "gauss", "lobatto", "radau"):
         assert errors[rule][2] < errors["left"][2] / 10, (rule, errors)
+    for rule in ("lobatto", "radau"):
+        # higher order: from N = 2 to N = 4 the error falls far more than a second-order rule's
+        assert errors[rule][1] < errors[rule][0] / 30, (rule, errors[rule])
     # Gauss-Legendre: at float32 rounding of the reference from N = 4 on
     assert errors["gauss"][1] < 1e-5, errors["gauss"]
 
@@ -142,10 +164,69 @@ def test_weighted_path_matches_naive_and_uniform_path(model):
 
     alphas, weights = (jnp.asarray(a) for a in alpha_schedule(10, "left"))
     args = (params, CFG, ids, mask, r, 7, -1, alphas, weights)
-    uniform = la_ig_fn(*args, uniform=True)
+    uniform = la_ig_fn(*args, uniform=True, ends=quadrature_ends(alphas))  # what la_ig runs
     weighted = la_ig_fn(*args, uniform=False, alpha_batch=4)
     left = la_ig(params, CFG, ids, mask, r, refusal_token=7, n_steps=10)
     np.testing.assert_array_equal(np.asarray(left.grad), np.asarray(uniform.grad))
     np.testing.assert_allclose(
         np.asarray(weighted.grad), np.asarray(uniform.grad), rtol=1e-5, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize(
+    "rule,n,alpha_batch",
+    [
+        ("lobatto", 3, None),
+        ("lobatto", 5, 2),
+        ("radau", 3, None),
+        ("left", 4, 3),
+        ("right", 2, None),
+    ],
+)
+def test_cheap_ends_equal_full_interpolated_runs(model, rule, n, alpha_batch):
+    """alpha = 0 (the clean run's forward reused) and alpha = 1 (only the last layer, through
+    the unembedding) give what running the interpolated model at those alphas gives."""
+    params, saes, ids, mask, r = model
+    alphas, weights = (jnp.asarray(a) for a in alpha_schedule(n, rule))
+    args = (params, CFG, ids, mask, r, 7, -1, alphas, weights, "paper", alpha_batch)
+    uniform = rule in ("left", "right")
+    ends = quadrature_ends(alphas)
+    assert ends != (False, False)
+    cheap = la_ig_fn(*args, uniform=uniform, ends=ends)
+    full = la_ig_fn(*args, uniform=uniform, ends=(False, False))
+    scale = np.abs(np.asarray(full.grad)).max()
+    assert scale > 1e-3
+    np.testing.assert_allclose(np.asarray(cheap.grad), np.asarray(full.grad), atol=1e-6 * scale)
+    np.testing.assert_allclose(np.asarray(cheap.metric), np.asarray(full.metric), rtol=1e-5)
+    for field in ("x_clean", "x_ablated", "x_patch", "jailbreak_token"):
+        np.testing.assert_allclose(
+            np.asarray(getattr(cheap.runs, field)), np.asarray(getattr(full.runs, field)),
+            rtol=1e-6, atol=1e-6,
+        )  # fmt: skip
+
+
+def test_gradient_at_alpha_one_lives_in_the_last_layer(model):
+    """Why alpha = 1 is free: every layer's output is replaced by x_patch, so nothing below the
+    last layer reaches the metric (exact zeros from the full interpolated run)."""
+    params, saes, ids, mask, r = model
+    one = jnp.ones((1,), jnp.float32)
+    g = np.asarray(la_ig_fn(params, CFG, ids, mask, r, 7, -1, one, one, uniform=False).grad)
+    assert (g[:-1] == 0).all()
+    assert np.abs(g[-1, :, -1]).max() > 1e-3  # the last layer, last position
+    assert (g[-1, :, :-1] == 0).all()
+
+
+@pytest.mark.parametrize("rule", ["lobatto", "radau"])
+def test_end_node_rules_match_naive_sae_in_the_loop(model, rule):
+    """The new rules through la_ig (cheap ends) against the SAE-in-the-loop reference, which
+    runs every node, ends included, with the SAEs in the model."""
+    params, saes, ids, mask, r = model
+    fast = la_ig(params, CFG, ids, mask, r, refusal_token=7, n_steps=3, alpha_rule=rule)
+    per_token = feature_attributions(fast, saes, jnp.ones(mask.shape), per_token=True)
+    naive = la_ig_naive(params, CFG, saes, ids, mask, fast.runs, alpha_schedule(3, rule))
+    valid = np.asarray(mask, bool)
+    ref = np.asarray(naive)[:, valid]
+    assert np.abs(ref).max() > 1e-3
+    np.testing.assert_allclose(
+        np.asarray(per_token)[:, valid], ref, atol=1e-5 * np.abs(ref).max(), rtol=1e-4
     )

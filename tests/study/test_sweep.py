@@ -150,6 +150,31 @@ def test_sweep_refuses_a_folder_of_other_inputs(setup, tmp_path):
         SweepConfig(kind="laig", shard_size=0)
     with pytest.raises(ValueError, match="unknown sweep kind"):
         SweepConfig(kind="train")
+    with pytest.raises(ValueError, match="unknown alpha rule 'simpson'"):
+        SweepConfig(kind="laig", alpha_rule="simpson")
+    with pytest.raises(ValueError, match="lobatto rule needs n_steps >= 2"):
+        SweepConfig(kind="laig", alpha_rule="lobatto", n_steps=1)
+    with pytest.raises(ValueError, match="error_mode must be one of"):
+        SweepConfig(kind="laig", error_mode="clean")
+
+
+def test_sweep_with_an_end_node_rule_equals_direct_la_ig(setup, tmp_path):
+    """A rule with cheap end nodes (lobatto: alpha = 0 reuses the clean run, alpha = 1 needs no
+    model run) through the sweep's fused program gives la_ig's numbers; its key differs from
+    the left rule's, so a left sweep's folder refuses it."""
+    sc = dataclasses.replace(SC, alpha_rule="lobatto")
+    got = _laig(setup, tmp_path, sc=sc)["results"]
+    ref, res = _direct(setup, range(4), n_steps=3, alpha_rule="lobatto")
+    scale = np.abs(ref).max()
+    assert scale > 0
+    np.testing.assert_allclose(got["attributions"][:4], ref, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(got["metric"][0], np.asarray(res.metric), rtol=1e-5)
+    params, saes, ids, mask, direction = setup
+    with pytest.raises(ValueError, match="holds a sweep of other inputs"):
+        run_sweep(
+            params, CFG, ids, mask, tmp_path, SC, saes=saes, direction=direction,
+            refusal_token=5, progress=False,
+        )  # fmt: skip
 
 
 def test_generation_sweep_with_per_sample_patch_and_trimmed_padding(setup, tmp_path):
@@ -286,6 +311,7 @@ def test_sweep_command_is_registered():
     from refusal_jax.cli import build_parser
 
     args = build_parser().parse_args(
-        ["sweep", "laig", "--out", "x", "--remat", "--dtype", "bfloat16"]
+        ["sweep", "laig", "--out", "x", "--remat", "--dtype", "bfloat16", "--alpha-rule", "radau"]
     )
     assert args.command == "sweep" and args.remat == "full" and args.dtype == "bfloat16"
+    assert args.alpha_rule == "radau"
