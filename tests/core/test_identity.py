@@ -89,7 +89,7 @@ def test_identity_diff_names_what_differs(tmp_path):
     assert msg.startswith("model weights differ: ") and "model.safetensors changed" in msg
     d = _ident(tmp_path, saes=idn.describe_tree({"W": np.zeros(3)}, "saes"), algorithm="0")
     assert any(m.startswith("SAEs differ") for m in idn.diff(c, d))
-    assert "algorithm version: 1 vs 0" in idn.diff(c, d)
+    assert f"algorithm version: {idn.ALGORITHM_VERSION} vs 0" in idn.diff(c, d)
     assert a.digest() != c.digest() and a.digest() == _ident(tmp_path, model=a.model).digest()
 
 

@@ -19,7 +19,7 @@ from refusal_jax.cli.common import (
     add_subject_arguments,
     open_run_from_args,
 )
-from refusal_jax.core.identity import CACHE_ENV, IDENTITY_FILE
+from refusal_jax.core.identity import ALGORITHM_VERSION, CACHE_ENV, IDENTITY_FILE
 from refusal_jax.organism import MODEL_DIR
 from refusal_jax.study.subject import load_subject
 
@@ -120,7 +120,7 @@ def test_every_identity_case_is_refused_naming_the_difference(subject, tmp_path,
     ident = json.loads((folder / IDENTITY_FILE).read_text())
     (folder / IDENTITY_FILE).write_text(json.dumps(ident | {"algorithm": "0"}))
     err = _refused(capsys, subject, *resume)
-    assert "algorithm version: 0 vs 1" in err
+    assert f"algorithm version: 0 vs {ALGORITHM_VERSION}" in err
     (folder / IDENTITY_FILE).write_text(json.dumps(ident))
 
     # a run folder from before identities were recorded
