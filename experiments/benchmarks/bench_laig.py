@@ -98,9 +98,9 @@ def direction(seed: int = 1) -> np.ndarray:
     return r / np.linalg.norm(r)
 
 
-def sae_arrays(thresholds, d_sae: int, seed: int = 2):
+def sae_arrays(thresholds, d_sae: int, seed: int = 2, d_in: int = MODEL["hidden_size"]):
     """Stacked JumpReLU arrays (W_enc [L,D,S], b_enc, W_dec [L,S,D], b_dec, threshold)."""
-    L, D = len(thresholds), MODEL["hidden_size"]
+    L, D = len(thresholds), d_in
     rng = np.random.default_rng(seed)
     w_dec = rng.standard_normal((L, d_sae, D), dtype=np.float32)
     w_dec /= np.linalg.norm(w_dec, axis=-1, keepdims=True)

@@ -10,9 +10,11 @@ the position-mean attributions [L, B, S] against Gauss-Legendre with N = 256:
 * F* overlap: |top-20 (layer, feature) pairs of the batch-mean attributions, shared with the
   reference's top 20| / 20.
 
-Two subjects: the organism (``refusal_jax.organism``, its committed SAEs, 8 harmful test prompts,
-the difference-in-means direction of the middle layer) and the Gemma-2-shaped weights and
-JumpReLU SAEs of ``bench_laig.py`` (random init, width 16384, batch 4 x 32 tokens).
+Three subjects (``--subjects``): the organism (``refusal_jax.organism``, its committed SAEs, 8
+harmful test prompts, the difference-in-means direction of the middle layer), the Gemma-2-shaped
+weights and JumpReLU SAEs of ``bench_laig.py`` (random init, width 16384, batch 4 x 32 tokens),
+and real trained weights: SmolLM2-135M-Instruct from its GGUF (``--smollm2-gguf``, skipped
+without it) with random SAEs (:func:`smollm2_subject`).
 
 Every distinct node is evaluated once (a one-node ``la_ig_fn`` call gives g(alpha), the residual
 gradient at alpha) and each rule's integral is its weighted sum, so the curves cost one gradient
@@ -20,7 +22,8 @@ per distinct node rather than one LA-IG run per (rule, N)::
 
     cd experiments/benchmarks && python laig_accuracy.py --results RESULTS.md
 
-writes ``laig_accuracy.png`` (error vs N) beside this script and appends the tables.
+writes ``laig_accuracy.png`` (error vs the model runs each rule costs) beside this script and
+appends the tables.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ RULES = ("left", "midpoint", "trapezoid", "gauss", "lobatto", "radau")
 NS = (1, 2, 3, 4, 6, 8, 10, 16)
 
 
-def error_curves(params, cfg, saes, ids, mask, direction, refusal_token, skip=1, ns=NS):
+def error_curves(params, cfg, saes, ids, mask, direction, refusal_token, positions=None, ns=NS):
     """[{rule, n, rel_l2, overlap}] for every rule and N against the REF integral."""
     import jax.numpy as jnp
 
@@ -58,7 +61,7 @@ def error_curves(params, cfg, saes, ids, mask, direction, refusal_token, skip=1,
 
     ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
     direction = jnp.asarray(direction, jnp.float32)
-    w = position_weights(mask, skip)
+    w = position_weights(mask, ids=ids, positions=positions)  # default: skip BOS
     ref_res = la_ig(
         params,
         cfg,
@@ -149,6 +152,60 @@ def gemma_subject(d_sae: int, batch: int, seq: int, folder: Path):
     return params, cfg, saes, ids, mask, bl.direction(), bl.REFUSAL_TOKEN, desc
 
 
+def smollm2_subject(gguf: Path, data: Path, folder: Path, d_sae: int = 4096, n_prompts: int = 8):
+    """A real trained chat model: SmolLM2-135M-Instruct (30 layers, d_model 576) converted from
+    its GGUF, the difference-in-means direction of 64 harmful / 64 harmless training
+    instructions at the middle layer (last position), ``n_prompts`` harmful test instructions in
+    its chat template, and random JumpReLU SAEs as in bench_laig.py (unit decoder rows,
+    W_enc = W_dec^T, thresholds from each layer's mean residual norm over content positions)."""
+    import json
+
+    import bench_laig as bl
+    import jax.numpy as jnp
+
+    from ports.gguf import main as gguf_main
+    from refusal_jax import sae as sae_lib
+    from refusal_jax.core.model import forward
+    from refusal_jax.method.direction import refusal_directions
+    from refusal_jax.method.judges import refusal_token
+    from refusal_jax.method.laig import position_weights
+    from refusal_jax.method.prompts import encode_prompts
+    from refusal_jax.study.pipeline import PipelineConfig, pipeline_positions
+    from refusal_jax.study.subject import load_subject
+
+    gguf_main(["--gguf", str(gguf), "--out", str(folder / "smollm2")])
+    sub = load_subject(folder / "smollm2", with_saes=False)
+    params, cfg, tok = sub.params, sub.cfg, sub.tokenizer
+
+    def split(name, n):
+        rows = json.loads((data / "splits" / f"{name}.json").read_text())
+        return [r["instruction"] for r in rows[:n]]
+
+    layer = cfg.n_layers // 2
+    r = refusal_directions(
+        params,
+        cfg,
+        encode_prompts(tok, split("harmful_train", 64)),
+        encode_prompts(tok, split("harmless_train", 64)),
+    )[0, layer]
+    ids, mask = encode_prompts(tok, split("harmful_test", n_prompts))
+    out = forward(params, cfg, jnp.asarray(ids), jnp.asarray(mask), return_residuals=True)
+    positions = pipeline_positions(PipelineConfig(skip_positions=sub.skip_positions), tok)
+    content = np.asarray(position_weights(mask, ids=ids, positions=positions)) > 0
+    norms = np.linalg.norm(np.asarray(out.resid_post), axis=-1)[:, content].mean(axis=1)
+    thr = bl.ACTIVE_Z * norms / np.sqrt(cfg.d_model)
+    arrays = bl.sae_arrays(thr, d_sae, d_in=cfg.d_model)
+    scfg = sae_lib.SAEConfig(architecture="jumprelu", d_in=cfg.d_model, d_sae=d_sae)
+    saes = sae_lib.SAE(*(jnp.asarray(a) for a in arrays), cfg=scfg)
+    desc = (
+        f"SmolLM2-135M-Instruct (GGUF, real trained weights): {cfg.n_layers} layers, d_model "
+        f"{cfg.d_model}, random JumpReLU SAEs of width {d_sae} at every layer, {n_prompts} harmful "
+        f"test prompts x {ids.shape[1]} tokens (chat template), direction: difference in means "
+        f"at layer {layer}, content positions only"
+    )
+    return params, cfg, saes, ids, mask, r, refusal_token(tok), positions, desc
+
+
 def table(rows) -> str:
     ns = sorted({r["n"] for r in rows})
     by = {(r["rule"], r["n"]): r for r in rows}
@@ -189,31 +246,56 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
+    import os
     import tempfile
 
+    shared = Path(os.environ.get("REFUSAL_JAX_SHARED", REPO.parent / "shared" / "datasets"))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--d-sae", type=int, default=16384)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=32)
-    p.add_argument("--skip-gemma", action="store_true", help="organism only")
-    p.add_argument("--skip-organism", action="store_true", help="Gemma-2-shaped only")
+    p.add_argument(
+        "--subjects",
+        default="organism,gemma,smollm2",
+        help="comma-separated subset of organism, gemma (Gemma-2-shaped), smollm2",
+    )
+    p.add_argument(
+        "--smollm2-gguf",
+        default=os.environ.get("REFUSAL_JAX_SMOLLM2_GGUF", ""),
+        help="SmolLM2-135M-Instruct GGUF (default $REFUSAL_JAX_SMOLLM2_GGUF; see the README's "
+        "real-weights checks); the subject is skipped without it",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=str(shared / "refusal_direction"),
+        help="refusal_direction data (splits/*.json) for SmolLM2's direction and prompts",
+    )
     p.add_argument("--png", default=str(HERE / "laig_accuracy.png"))
     p.add_argument("--results", help="append the tables to this Markdown file")
     args = p.parse_args(argv)
+    wanted = args.subjects.split(",")
+    unknown = set(wanted) - {"organism", "gemma", "smollm2"}
+    if unknown:
+        p.error(f"unknown subjects {sorted(unknown)}")
 
     results, lines = {}, []
-    subjects = [] if args.skip_organism else [("organism", organism_subject)]
-    if not args.skip_gemma:
-        subjects.append(("Gemma-2-shaped", None))
     with tempfile.TemporaryDirectory() as tmp:
-        for name, make in subjects:
-            if make is None:
+        for name in wanted:
+            if name == "organism":
+                title, subject = "organism", organism_subject()
+            elif name == "gemma":
+                title = "Gemma-2-shaped"
                 subject = gemma_subject(args.d_sae, args.batch, args.seq, Path(tmp))
             else:
-                subject = make()
+                gguf, data = Path(args.smollm2_gguf), Path(args.data_dir)
+                if not gguf.is_file() or not (data / "splits").is_dir():
+                    print(f"skipped smollm2: no GGUF at {gguf!s} or no splits in {data}")
+                    continue
+                title = "SmolLM2-135M-Instruct"
+                subject = smollm2_subject(gguf, data, Path(tmp))
             *inputs, desc = subject
             rows, n_nodes = error_curves(*inputs)
-            results[name] = rows
+            results[title] = rows
             lines += [
                 f"{desc}; {n_nodes} distinct nodes; cells: rel. L2 error / F* overlap",
                 "",
