@@ -255,7 +255,8 @@ def la_ig_fn(
     ``ends`` (static; :func:`quadrature_ends` of the same alphas): (alphas[0] == 0,
     alphas[-1] == 1), a promise that lets those nodes take the cheap way. alpha = 0: the
     interpolated run is the clean run (out_l = a + delta_l), so its forward doubles as the
-    clean run and the node adds one backward pass. alpha = 1: out_l = x_patch,l + delta_l does
+    clean run and the node adds one backward pass (with ``alpha_batch`` B > 1 it runs in one
+    vmapped batch with the next B - 1 nodes). alpha = 1: out_l = x_patch,l + delta_l does
     not depend on the layers below, so dm/d out_l is 0 for l < L - 1 and, at the last layer,
     the gradient of the metric through the unembedding at x_patch,L-1 (no model run). Either
     equals the full interpolated run at that alpha to float32 rounding (tested); with the
@@ -293,11 +294,15 @@ def la_ig_fn(
         return metric, scaled(grads, weight_chunk).sum(axis=0)
 
     n = alphas.shape[0]
-    first, stop = int(at_zero), n - int(at_one)
-    metrics = []
+    stop = n - int(at_one)
+    first, metrics = 0, []
     if at_zero:
-        m0, g0, x_clean = at_alpha(alphas[0], residuals=True)
-        total, metrics = scaled(g0[None], weights[:1])[0], [m0[None]]
+        # the first chunk holds alpha = 0 (and, with alpha_batch B > 1, the next B - 1 nodes in
+        # the same vmapped batch); its forward's residuals at alpha = 0 are the clean run's
+        first = 1 if alpha_batch is None else max(1, min(int(alpha_batch), stop))
+        m0, g0, posts = jax.vmap(functools.partial(at_alpha, residuals=True))(alphas[:first])
+        total, metrics = scaled(g0, weights[:first]).sum(axis=0), [m0]
+        x_clean = posts[0]
     else:
         clean = forward_fn(params, cfg, ids, mask, return_residuals=True, last_logits_only=True)
         total, x_clean = jnp.zeros(x_patch.shape, jnp.float32), clean.resid_post

@@ -177,6 +177,7 @@ def test_weighted_path_matches_naive_and_uniform_path(model):
     "rule,n,alpha_batch",
     [
         ("lobatto", 3, None),
+        ("lobatto", 3, 2),
         ("lobatto", 5, 2),
         ("radau", 3, None),
         ("left", 4, 3),
