@@ -77,7 +77,9 @@ REFUSAL_TOKEN = 1000
 ACTIVE_Z = 2.33  # threshold = z * typical |pre|: ~1% of features fire
 REF = ("gauss", 256)  # the reference integral: Gauss-Legendre with 256 nodes
 TOP_K = 20  # F*: the top 20 (layer, feature) pairs of the batch-mean attributions
-CONFIGS = "left:10,midpoint:4,gauss:2,gauss:2:2,gauss:3,radau:2,lobatto:3,lobatto:3:2,radau:3,radau:3:2"
+CONFIGS = (
+    "left:10,midpoint:4,gauss:2,gauss:2:2,gauss:3,radau:2,lobatto:3,lobatto:3:2,radau:3,radau:3:2"
+)
 TL_PYTHON = "/work/venvs/tl/bin/python"  # the peer venv (RESULTS.md: how to create it)
 
 
