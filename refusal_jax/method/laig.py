@@ -99,8 +99,9 @@ def alpha_schedule(n_steps: int = 10, rule: str = "left") -> tuple[np.ndarray, n
     ``radau`` N therefore costs N - 1 interpolated runs, ``lobatto`` N costs N - 2 and one
     backward pass, ``gauss`` N costs N runs and the clean forward.
 
-    The uniform rules (left, right, midpoint) have equal weights; :func:`la_ig` averages their
-    steps exactly as before weights existed, so ``left`` results are unchanged bit for bit.
+    The uniform rules (left, right, midpoint) have equal weights; :func:`la_ig` sums their steps
+    and divides by N, as the paper does. (Since algorithm version 2, ``left``'s alpha = 0 step
+    reuses the clean run's forward: results equal version 1's to float32 rounding.)
     """
     if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
@@ -263,7 +264,8 @@ def la_ig_fn(
     not depend on the layers below, so dm/d out_l is 0 for l < L - 1 and, at the last layer,
     the gradient of the metric through the unembedding at x_patch,L-1 (no model run). Either
     equals the full interpolated run at that alpha to float32 rounding (tested); with the
-    default (False, False) every node runs the interpolated model, whatever the alphas."""
+    default (False, False) every node runs the interpolated model, whatever the alphas. A
+    broken promise (alphas[0] != 0 or alphas[-1] != 1) makes ``grad`` NaN, not wrong."""
     at_zero, at_one = ends
     refusal_token = jnp.asarray(refusal_token, jnp.int32)
     abl, x_patch = _ablated_run(params, cfg, ids, mask, direction, error_mode)
@@ -343,6 +345,10 @@ def la_ig_fn(
         metrics.append(m1[None])
     metric = jnp.concatenate(metrics)
     grad = total / n if uniform else total
+    if at_zero or at_one:
+        kept = (alphas[0] == 0) | (not at_zero)
+        kept &= (alphas[-1] == 1) | (not at_one)
+        grad = jnp.where(kept, grad, jnp.nan)  # ends promised but not there: fail loudly
     runs = PatchedRuns(x_clean, abl.resid_post, x_patch, jb, refusal_token)
     return LAIGResult(runs, grad, metric, alphas, weights)
 

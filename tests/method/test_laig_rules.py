@@ -206,6 +206,17 @@ def test_cheap_ends_equal_full_interpolated_runs(model, rule, n, alpha_batch):
         )  # fmt: skip
 
 
+def test_broken_ends_promise_gives_nan(model):
+    """``ends`` claims an alpha = 0 / alpha = 1 node the alphas do not have: NaN, not numbers
+    computed at the wrong alpha."""
+    params, saes, ids, mask, r = model
+    alphas, weights = (jnp.asarray(a) for a in alpha_schedule(2, "gauss"))
+    args = (params, CFG, ids, mask, r, 7, -1, alphas, weights)
+    for ends in ((True, False), (False, True)):
+        assert np.isnan(np.asarray(la_ig_fn(*args, uniform=False, ends=ends).grad)).all()
+    assert np.isfinite(np.asarray(la_ig_fn(*args, uniform=False).grad)).all()
+
+
 def test_gradient_at_alpha_one_lives_in_the_last_layer(model):
     """Why alpha = 1 is free: every layer's output is replaced by x_patch, so nothing below the
     last layer reaches the metric (exact zeros from the full interpolated run)."""
