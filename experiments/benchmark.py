@@ -30,6 +30,7 @@ import numpy as np
 
 from refusal_jax.cli.common import (
     add_classifier_arguments,
+    add_laig_arguments,
     add_run_arguments,
     add_subject_arguments,
     classifier_from_args,
@@ -87,7 +88,7 @@ def main(argv=None) -> dict:
         "--n-train", type=int, default=None, help="training prompts of each kind (64; real: 260)"
     )
     p.add_argument("--n-prompts", type=int, default=100, help="per dataset (the paper: 100)")
-    p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
+    add_laig_arguments(p)
     p.add_argument("--best-layer", type=int, default=None, help="default: chosen on training")
     p.add_argument(
         "--max-new-tokens", type=int, default=None, help="default 24 (organism), 256 (real)"
@@ -112,6 +113,7 @@ def main(argv=None) -> dict:
     pc = PipelineConfig(
         best_layer=args.best_layer,
         n_steps=args.n_steps,
+        alpha_rule=args.alpha_rule,
         n_candidates=subject.n_candidates,
         clamp_value=subject.clamp_value if args.clamp_value is None else args.clamp_value,
         compliance_prefixes=subject.compliance_prefixes,

@@ -30,6 +30,7 @@ import numpy as np
 
 from refusal_jax.cli.common import (
     add_classifier_arguments,
+    add_laig_arguments,
     add_run_arguments,
     add_subject_arguments,
     classifier_from_args,
@@ -97,7 +98,7 @@ def main(argv=None) -> dict:
     p.add_argument("--categories-file", help="CategoricalHarmfulQA CSV / JSON (real models)")
     p.add_argument("--categories", help="comma-separated subset of the categories")
     p.add_argument("--n-prompts", type=int, default=50, help="per category (the paper: 50)")
-    p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
+    add_laig_arguments(p)
     p.add_argument("--n-features", type=int, default=20, help="|F*| per category")
     p.add_argument(
         "--n-candidates",
@@ -140,7 +141,7 @@ def main(argv=None) -> dict:
     out, cache = open_run_from_args(args, "categories", subject, exclude=("min_all_rate",))
     fit, test, harmless = _data(subject, args)
     pc = PipelineConfig(
-        n_steps=args.n_steps, n_features=args.n_features,
+        n_steps=args.n_steps, alpha_rule=args.alpha_rule, n_features=args.n_features,
         n_candidates=args.n_candidates or subject.n_candidates,
         skip_positions=subject.skip_positions, seed=args.seed,
         max_new_tokens=args.max_new_tokens or (24 if subject.organism else 256),

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from refusal_jax.cli.common import (
+    add_laig_arguments,
     add_refusal_features_argument,
     add_run_arguments,
     add_subject_arguments,
@@ -82,7 +83,7 @@ def main(argv=None) -> dict:
     p.add_argument("--n-train", type=int, default=64, help="harmful and harmless prompts for F*")
     p.add_argument("--n-pairs", type=int, default=100, help="pairs per group (at most)")
     p.add_argument("--n-suffix-prompts", type=int, default=64)
-    p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
+    add_laig_arguments(p)
     p.add_argument("--n-features", type=int, default=20, help="|F*| per prompt")
     p.add_argument("--gcg-steps", type=int, default=30, help="inline GCG (organism, no results)")
     p.add_argument("--gcg-train", type=int, default=16, help="inline GCG: training requests")
@@ -115,7 +116,8 @@ def main(argv=None) -> dict:
     else:
         train_h, train_s, pairs, goal_suffixes = _real_data(subject.prompts(args.seed), args)
     pc = PipelineConfig(
-        n_steps=args.n_steps, n_candidates=subject.n_candidates, n_features=args.n_features,
+        n_steps=args.n_steps, alpha_rule=args.alpha_rule, n_candidates=subject.n_candidates,
+        n_features=args.n_features,
         skip_positions=subject.skip_positions, seed=args.seed,
     )  # fmt: skip
     prep = cached_prepare(params, cfg, tok, saes, train_h, train_s, pc, cache, progress)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from refusal_jax.cli.common import (
+    add_laig_arguments,
     add_refusal_features_argument,
     add_run_arguments,
     add_subject_arguments,
@@ -71,7 +72,7 @@ def main(argv=None) -> dict:
     p.add_argument("--n-train", type=int, default=128, help="harmful and harmless, each")
     p.add_argument("--n-test", type=int, default=100, help="per test group (at most)")
     p.add_argument("--n-random", type=int, default=5, help="random feature sets, averaged")
-    p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps (for F*)")
+    add_laig_arguments(p, "LA-IG alpha steps (for F*)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args(argv)
     subject = subject_from_args(args)
@@ -79,7 +80,7 @@ def main(argv=None) -> dict:
     out, cache = open_run_from_args(args, "probing", subject)
     harm_tr, safe_tr, harm_te, jail_candidates = _data(subject, args)
     pc = PipelineConfig(
-        n_steps=args.n_steps, n_candidates=subject.n_candidates,
+        n_steps=args.n_steps, alpha_rule=args.alpha_rule, n_candidates=subject.n_candidates,
         skip_positions=subject.skip_positions, seed=args.seed,
     )  # fmt: skip
     prep = cached_prepare(

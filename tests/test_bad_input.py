@@ -86,6 +86,9 @@ CLI_CASES = [
     (["demo", "--n-features", "0"], "--n-features"),
     (["demo", "--clamp-value", "nan"], "--clamp-value"),
     (["demo", "--n-steps", "0"], "--n-steps"),
+    (["demo", "--alpha-rule", "lobatto", "--n-steps", "1"], "--alpha-rule lobatto --n-steps 1"),
+    (["demo", "--alpha-rule", "simpson"], "--alpha-rule"),
+    (["sweep", "laig", "--out", "{out}/s", "--alpha-rule", "radau", "--n-steps", "0"], "--n-steps"),
     (["demo", "--sae-layers", "1,x"], "--sae-layers"),
     (["demo", "--sae-layers", "7"], "layers [7]"),
     (["demo", "--model-dir", "/nonexistent-model"], "--sae-dir"),
@@ -133,6 +136,7 @@ SCRIPT_CASES = [
     ("calibrate", ["--candidates", "10,5000"], "--candidates 5000"),
     ("benchmark", ["--best-layer", "4"], "--best-layer 4"),
     ("benchmark", ["--induction-values", ""], "--induction-values"),
+    ("probing", ["--alpha-rule", "lobatto", "--n-steps", "1"], "--alpha-rule lobatto"),
 ]
 
 

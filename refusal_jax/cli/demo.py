@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from refusal_jax.cli.common import add_subject_arguments, subject_from_args
+from refusal_jax.cli.common import add_laig_arguments, add_subject_arguments, subject_from_args
 from refusal_jax.study.demo import run_demo
 
 
@@ -20,7 +20,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=64)
     p.add_argument("--n-test", type=int, default=64)
     p.add_argument("--best-layer", type=int, default=None)
-    p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
+    add_laig_arguments(p)
     p.add_argument("--n-features", type=int, default=20)
     p.add_argument(
         "--n-candidates",
@@ -49,6 +49,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         eval_set=args.eval_set or "harmbench_test",
         best_layer=args.best_layer,
         n_steps=args.n_steps,
+        alpha_rule=args.alpha_rule,
         n_features=args.n_features,
         n_candidates=args.n_candidates,
         clamp_value=args.clamp_value,

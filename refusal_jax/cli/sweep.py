@@ -17,11 +17,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from refusal_jax.cli.common import add_subject_arguments, subject_from_args
+from refusal_jax.cli.common import add_laig_arguments, add_subject_arguments, subject_from_args
 from refusal_jax.core.errors import ArgumentParser, check_direction, run_cli
 from refusal_jax.core.sharding import DATA, initialize_multihost, is_primary, make_mesh
 from refusal_jax.method.judges import refusal_token
-from refusal_jax.method.laig import ALPHA_RULES
 from refusal_jax.method.prompts import encode_prompts
 from refusal_jax.study.pipeline import PipelineConfig, pipeline_positions
 from refusal_jax.study.sweep import (
@@ -45,13 +44,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--n-prompts", type=int, default=None, help="the first N prompts of --split")
     p.add_argument("--shard-size", type=int, default=32, help="prompts per shard (jitted call)")
-    p.add_argument("--n-steps", type=int, default=10, help="LA-IG alpha steps")
-    p.add_argument(
-        "--alpha-rule",
-        default="left",
-        choices=ALPHA_RULES,
-        help="LA-IG quadrature over alpha (default left, the paper's; see la_ig's alpha_rule)",
-    )
+    add_laig_arguments(p)
     p.add_argument("--sum-only", action="store_true", help="store attribution sums only")
     p.add_argument("--direction", help="refusal direction file (.npy or .safetensors 'direction')")
     p.add_argument("--best-layer", type=int, default=None, help="layer of the direction")

@@ -45,6 +45,7 @@ def run_demo(
     eval_set: str = "harmbench_test",
     best_layer: int | None = None,
     n_steps: int = 10,
+    alpha_rule: str = "left",
     n_features: int = 20,
     n_candidates: int | None = None,
     clamp_value: float | None = None,
@@ -57,6 +58,7 @@ def run_demo(
     pc = PipelineConfig(
         best_layer=best_layer,
         n_steps=n_steps,
+        alpha_rule=alpha_rule,
         n_features=n_features,
         n_candidates=subject.n_candidates if n_candidates is None else n_candidates,
         clamp_value=subject.clamp_value if clamp_value is None else clamp_value,

@@ -199,7 +199,7 @@ def token_attributions(
     progress: bool = False,
 ) -> np.ndarray:  # fmt: skip
     """LA-IG attribution of a (global or per-sample) feature set at every token, summed over
-    its features: [N, T] (``pc``: alpha steps, batch size, error mode)."""
+    its features: [N, T] (``pc``: alpha steps and rule, batch size, error mode)."""
 
     ids, mask = np.asarray(ids), np.asarray(mask)
     bs = pc.laig_batch_size
@@ -210,7 +210,7 @@ def token_attributions(
     ):
         res = la_ig(
             params, cfg, b_ids, b_mask, direction, refusal_token=refusal_token,
-            n_steps=pc.n_steps, error_mode=pc.error_mode,
+            n_steps=pc.n_steps, alpha_rule=pc.alpha_rule, error_mode=pc.error_mode,
         )  # fmt: skip
         a = subset_attributions(res, saes, features.rows(i * bs, bs))  # [L, B, T, K]
         out.append(np.asarray(a.sum(axis=(0, 3)))[:n] * np.asarray(b_mask)[:n])

@@ -31,7 +31,7 @@ from refusal_jax.method.judges import (
     judge_responses,
     refusal_token,
 )
-from refusal_jax.method.laig import attribute_prompts
+from refusal_jax.method.laig import alpha_schedule, attribute_prompts
 from refusal_jax.method.prompts import decode_responses, encode_prompts, generate_tokens
 from refusal_jax.method.selection import (
     act_features,
@@ -53,6 +53,10 @@ METHODS = ("base", "AS", "cs", "act", "la", "random", "ours")
 class PipelineConfig:
     best_layer: int | None = None  # None: the layer whose direction, ablated, refuses least
     n_steps: int = 10  # LA-IG alpha steps
+    # LA-IG quadrature over alpha (refusal_jax.method.laig.alpha_schedule): "left" is the
+    # paper's; "radau" with 2 steps costs about a third of left's 10 at a similar F* overlap
+    # (experiments/benchmarks/RESULTS.md).
+    alpha_rule: str = "left"
     n_candidates: int = 10  # F0: per layer
     n_features: int = 20  # |F*| and every baseline
     clamp_value: float = -3.0  # multiply clamp (Gemma: -3, Llama: -1)
@@ -71,6 +75,10 @@ class PipelineConfig:
     # Prompts are left padded to a multiple of this many tokens (a common length for several
     # prompt sets lets every jitted step compile once).
     pad_multiple: int = 8
+
+    def __post_init__(self):
+        # an unknown rule or too few steps for it fails here, before any compute
+        alpha_schedule(self.n_steps, self.alpha_rule)
 
 
 @dataclasses.dataclass
@@ -102,14 +110,14 @@ def accumulate_attributions(
 ) -> np.ndarray:
     """Position-mean LA-IG attributions for every prompt: [L, N, d_sae]
     (:func:`refusal_jax.method.laig.attribute_prompts` in batches of ``pc.laig_batch_size``,
-    ``pc.n_steps`` alpha steps, over the content positions of ``positions``, default
-    :func:`pipeline_positions` of an int ``pc.skip_positions``)."""
+    ``pc.n_steps`` alpha steps of ``pc.alpha_rule``, over the content positions of
+    ``positions``, default :func:`pipeline_positions` of an int ``pc.skip_positions``)."""
     if positions is None:
         positions = pipeline_positions(pc)
     out = attribute_prompts(
         params, cfg, saes, ids, mask, direction, refusal_token=refusal_token,
-        positions=positions, n_steps=pc.n_steps, error_mode=pc.error_mode,
-        batch_size=pc.laig_batch_size, progress=progress,
+        positions=positions, n_steps=pc.n_steps, alpha_rule=pc.alpha_rule,
+        error_mode=pc.error_mode, batch_size=pc.laig_batch_size, progress=progress,
     )  # fmt: skip
     return out.attributions
 

@@ -242,3 +242,22 @@ def test_end_node_rules_match_naive_sae_in_the_loop(model, rule):
     np.testing.assert_allclose(
         np.asarray(per_token)[:, valid], ref, atol=1e-5 * np.abs(ref).max(), rtol=1e-4
     )
+
+
+def test_pipeline_config_carries_the_rule(model):
+    """PipelineConfig.alpha_rule reaches the paper pipeline's attributions (demo, experiments:
+    ``--alpha-rule``); a rule unknown or short of steps fails at construction."""
+    from refusal_jax.study.pipeline import PipelineConfig, accumulate_attributions
+
+    params, saes, ids, mask, r = model
+    pc = PipelineConfig(n_steps=2, alpha_rule="radau", laig_batch_size=2)
+    got = accumulate_attributions(params, CFG, saes, ids, mask, r, 7, pc)
+    res = la_ig(params, CFG, ids, mask, r, refusal_token=7, n_steps=2, alpha_rule="radau")
+    want = np.asarray(feature_attributions(res, saes, position_weights(mask)))
+    np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max(), rtol=1e-5)
+    left = accumulate_attributions(params, CFG, saes, ids, mask, r, 7, PipelineConfig(n_steps=2))
+    assert np.abs(left - want).max() > 1e-3 * np.abs(want).max()
+    with pytest.raises(ValueError, match="unknown alpha rule"):
+        PipelineConfig(alpha_rule="simpson")
+    with pytest.raises(ValueError, match="lobatto"):
+        PipelineConfig(alpha_rule="lobatto", n_steps=1)
