@@ -70,7 +70,7 @@ def check_args(args: argparse.Namespace, subject: Subject | None = None) -> None
                 raise UsageError(f"{_flag(name)} must be >= 1, got {v}")
             if name in NON_NEGATIVE and v < 0:
                 raise UsageError(f"{_flag(name)} must be >= 0, got {v}")
-    if hasattr(args, "alpha_rule") and getattr(args, "n_steps", 0) >= 1:
+    if hasattr(args, "alpha_rule"):  # add_laig_arguments: n_steps >= 1 was checked above
         try:
             alpha_schedule(args.n_steps, args.alpha_rule)
         except ValueError as e:

@@ -345,10 +345,10 @@ def la_ig_fn(
         metrics.append(m1[None])
     metric = jnp.concatenate(metrics)
     grad = total / n if uniform else total
-    if at_zero or at_one:
-        kept = (alphas[0] == 0) | (not at_zero)
-        kept &= (alphas[-1] == 1) | (not at_one)
-        grad = jnp.where(kept, grad, jnp.nan)  # ends promised but not there: fail loudly
+    if at_zero or at_one:  # ends promised but not there: fail loudly
+        held = (alphas[0] == 0) if at_zero else True
+        held = (held & (alphas[-1] == 1)) if at_one else held
+        grad = jnp.where(held, grad, jnp.nan)
     runs = PatchedRuns(x_clean, abl.resid_post, x_patch, jb, refusal_token)
     return LAIGResult(runs, grad, metric, alphas, weights)
 
